@@ -1,0 +1,38 @@
+//! The few socket calls monoio and socket2 do not offer for a borrowed fd.
+//!
+//! Kept in one module so the unsafe code that talks to the kernel is in one place.
+
+use std::os::fd::RawFd;
+
+/// Bytes waiting in the socket's receive queue (`FIONREAD`); 0 on error.
+pub fn bytes_readable(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` belongs to a socket the caller keeps open for the duration of the call, and
+    // FIONREAD writes one c_int through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if rc == 0 && n > 0 {
+        n as usize
+    } else {
+        0
+    }
+}
+
+/// Makes the next close of `fd` send a TCP reset instead of a FIN (SO_LINGER with timeout 0):
+/// how a reset on one leg is passed on to the other.
+pub fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is a socket the caller keeps open for the duration of the call; the option
+    // value points at a live `linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Drives a rustls unbuffered connection through the handshake over a monoio socket, then
+//! turns it into a [`KernelConnection`] plus the traffic secrets.
+//!
+//! Bytes that arrive behind the peer's last handshake flight (the first application records)
+//! are handed on untouched in [`Established::leftover`]: they start at a record boundary and
+//! belong to the record layer.
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
+
+use crate::buffers::read_more;
+use crate::relay::ConnError;
+
+/// A completed handshake: what the record layer needs to take over.
+pub struct Established {
+    pub version: ProtocolVersion,
+    pub tx: (u64, ConnectionTrafficSecrets),
+    pub rx: (u64, ConnectionTrafficSecrets),
+    pub kernel: Kernel,
+    /// The ALPN protocol the server selected, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// Subject of the peer's leaf certificate.
+    pub peer_subject: Option<String>,
+    /// Received TLS bytes not yet consumed (a whole number of records, maybe a partial last one).
+    pub leftover: Vec<u8>,
+    /// Application data rustls already decrypted while finishing the handshake.
+    pub early_plaintext: Vec<u8>,
+}
+
+/// The post-handshake half of rustls: key updates and (client side) session tickets.
+pub enum Kernel {
+    Server(KernelConnection<ServerConnectionData>),
+    Client(KernelConnection<ClientConnectionData>),
+}
+
+impl Kernel {
+    pub fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Server(k) => k.update_tx_secret(),
+            Kernel::Client(k) => k.update_tx_secret(),
+        }
+    }
+
+    pub fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Server(k) => k.update_rx_secret(),
+            Kernel::Client(k) => k.update_rx_secret(),
+        }
+    }
+
+    /// Stores a TLS 1.3 NewSessionTicket so later connections resume; a server never gets one.
+    pub fn handle_new_session_ticket(&mut self, payload: &[u8]) -> Result<(), rustls::Error> {
+        match self {
+            Kernel::Client(k) => k.handle_new_session_ticket(payload),
+            Kernel::Server(_) => Err(rustls::Error::General(
+                "client sent a NewSessionTicket".into(),
+            )),
+        }
+    }
+}
+
+/// The two unbuffered connection types, seen through one interface.
+trait Unbuffered {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// What to do after one `process_tls_records` step, computed while rustls holds the buffers.
+enum Step {
+    Continue,
+    Transmit,
+    Read,
+    Done,
+    Failed(rustls::Error),
+    PeerClosed,
+}
+
+/// Appends the pending handshake bytes to `out`, growing it as rustls asks.
+fn encode_into<Data>(
+    state: &mut rustls::unbuffered::EncodeTlsData<'_, Data>,
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    loop {
+        let used = out.len();
+        out.resize(out.capacity().max(used + 4096), 0);
+        match state.encode(&mut out[used..]) {
+            Ok(n) => {
+                out.truncate(used + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(e)) => {
+                out.truncate(used);
+                out.reserve(e.required_size);
+            }
+            Err(e) => {
+                out.truncate(used);
+                return Err(rustls::Error::General(format!("encoding handshake: {e}")));
+            }
+        }
+    }
+}
+
+async fn drive<C: Unbuffered>(
+    conn: &mut C,
+    sock: &mut TcpStream,
+    mut incoming: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), ConnError> {
+    let mut out = Vec::with_capacity(4096);
+    let mut early = Vec::new();
+    loop {
+        let mut discard;
+        let step = {
+            let status = conn.process(&mut incoming);
+            discard = status.discard;
+            match status.state {
+                Err(e) => Step::Failed(e),
+                Ok(ConnectionState::EncodeTlsData(mut s)) => match encode_into(&mut s, &mut out) {
+                    Ok(()) => Step::Continue,
+                    Err(e) => Step::Failed(e),
+                },
+                Ok(ConnectionState::TransmitTlsData(s)) => {
+                    // rustls only records that the bytes left; they are written right below,
+                    // before rustls is asked for anything else.
+                    s.done();
+                    Step::Transmit
+                }
+                Ok(ConnectionState::BlockedHandshake) => Step::Read,
+                Ok(ConnectionState::WriteTraffic(_)) => Step::Done,
+                Ok(ConnectionState::ReadTraffic(mut s)) => {
+                    let mut failed = None;
+                    while let Some(record) = s.next_record() {
+                        match record {
+                            Ok(r) => {
+                                early.extend_from_slice(r.payload);
+                                discard += r.discard;
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    failed.map_or(Step::Continue, Step::Failed)
+                }
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
+                Ok(other) => Step::Failed(rustls::Error::General(format!(
+                    "unexpected handshake state {other:?}"
+                ))),
+            }
+        };
+        incoming.drain(..discard);
+        match step {
+            Step::Continue => {}
+            Step::Transmit => {
+                let (res, buf) = sock.write_all(out).await;
+                out = buf;
+                res.map_err(ConnError::Downstream)?;
+                out.clear();
+            }
+            Step::Read => {
+                let (res, buf) = read_more(sock, incoming, 16 * 1024).await;
+                incoming = buf;
+                if res.map_err(ConnError::Downstream)? == 0 {
+                    return Err(ConnError::HandshakeEof);
+                }
+            }
+            Step::Done => {
+                if !out.is_empty() {
+                    let (res, _) = sock.write_all(out).await;
+                    res.map_err(ConnError::Downstream)?;
+                }
+                return Ok((incoming, early));
+            }
+            Step::PeerClosed => return Err(ConnError::HandshakeEof),
+            Step::Failed(e) => {
+                send_pending_alert(conn, sock, out).await;
+                return Err(ConnError::Tls(e));
+            }
+        }
+    }
+}
+
+/// After a handshake error rustls has queued the matching alert; send it before closing so the
+/// peer learns why (a best effort: the connection is failing anyway).
+async fn send_pending_alert<C: Unbuffered>(conn: &mut C, sock: &mut TcpStream, mut out: Vec<u8>) {
+    out.clear();
+    for _ in 0..4 {
+        let more = {
+            let status = conn.process(&mut []);
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut s)) => encode_into(&mut s, &mut out).is_ok(),
+                Ok(ConnectionState::TransmitTlsData(s)) => {
+                    s.done();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !more {
+            break;
+        }
+    }
+    if !out.is_empty() {
+        let _ = sock.write_all(out).await;
+    }
+}
+
+/// Server side. `incoming` already holds the ClientHello the router read.
+pub async fn accept(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    sock: &mut TcpStream,
+    incoming: Vec<u8>,
+) -> Result<Established, ConnError> {
+    let mut conn = UnbufferedServerConnection::new(config).map_err(ConnError::Tls)?;
+    let (leftover, early_plaintext) = drive(&mut conn, sock, incoming).await?;
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let peer_subject = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(super::subject_of);
+    let (secrets, kernel) = conn
+        .dangerous_into_kernel_connection()
+        .map_err(ConnError::Tls)?;
+    Ok(Established {
+        version: kernel.protocol_version(),
+        tx: secrets.tx,
+        rx: secrets.rx,
+        kernel: Kernel::Server(kernel),
+        alpn,
+        peer_subject,
+        leftover,
+        early_plaintext,
+    })
+}
+
+/// Client side.
+pub async fn connect(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: rustls_pki_types::ServerName<'static>,
+    sock: &mut TcpStream,
+) -> Result<Established, ConnError> {
+    let mut conn = UnbufferedClientConnection::new(config, server_name).map_err(ConnError::Tls)?;
+    let (leftover, early_plaintext) = drive(&mut conn, sock, Vec::with_capacity(16 * 1024)).await?;
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let peer_subject = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(super::subject_of);
+    let (secrets, kernel) = conn
+        .dangerous_into_kernel_connection()
+        .map_err(ConnError::Tls)?;
+    Ok(Established {
+        version: kernel.protocol_version(),
+        tx: secrets.tx,
+        rx: secrets.rx,
+        kernel: Kernel::Client(kernel),
+        alpn,
+        peer_subject,
+        leftover,
+        early_plaintext,
+    })
+}

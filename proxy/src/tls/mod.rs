@@ -1,0 +1,240 @@
+//! TLS: rustls configuration from PEM files, the handshake driver, and the record layer that
+//! takes over once the handshake is done.
+//!
+//! rustls runs the handshake through its unbuffered API; afterwards the connection is turned
+//! into a [`rustls::kernel::KernelConnection`] and records are sealed and opened by
+//! [`record`] (the software twin of kernel TLS: the same secrets can be handed to the kernel).
+
+pub mod handshake;
+pub mod record;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::config::TlsFiles;
+use crate::Error;
+
+/// ALPN protocol that turns on zstd stream compression in both directions.
+pub const ALPN_ZSTD: &[u8] = b"replink-zstd/1";
+
+/// ring provider with AES-128-GCM first: the fastest AEAD on x86 with AES-NI, as the peers use.
+fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| {
+        use rustls::CipherSuite::*;
+        match s.suite() {
+            TLS13_AES_128_GCM_SHA256 => 0,
+            TLS13_AES_256_GCM_SHA384 => 1,
+            TLS13_CHACHA20_POLY1305_SHA256 => 2,
+            _ => 3,
+        }
+    });
+    Arc::new(p)
+}
+
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(tls12: bool) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    if tls12 {
+        &TLS13_AND_12
+    } else {
+        &TLS13_ONLY
+    }
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> Error {
+    Error::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads all certificates of a PEM file (other sections, such as a key, are skipped).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let data = fs::read(path).map_err(|e| file_error(path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE section found"));
+    }
+    Ok(certs)
+}
+
+/// Reads the private key, refusing a file that group or others can read.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    let meta = fs::metadata(path).map_err(|e| file_error(path, e))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(file_error(
+            path,
+            format!(
+                "private key is readable by group or others (mode {:o}); run: chmod 600 {}",
+                meta.mode() & 0o777,
+                path.display()
+            ),
+        ));
+    }
+    let data = fs::read(path).map_err(|e| file_error(path, e))?;
+    PrivateKeyDer::from_pem_slice(&data)
+        .map_err(|e| file_error(path, format!("no usable private key: {e}")))
+}
+
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_error(path, format!("CA certificate rejected: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The two server configs of a reverse listener: with the zstd ALPN on offer, and without any
+/// ALPN (so a plain TLS client that offers other protocols, or none, still connects).
+pub struct ServerConfigs {
+    pub with_zstd: Arc<ServerConfig>,
+    pub plain: Arc<ServerConfig>,
+}
+
+pub fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, Error> {
+    let provider = provider();
+    let roots = load_roots(&files.ca)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| file_error(&files.ca, format!("cannot verify clients with it: {e}")))?;
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let mut base = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| file_error(&files.key, format!("key does not match certificate: {e}")))?;
+    base.enable_secret_extraction = true;
+    base.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    base.send_tls13_tickets = 2;
+    base.max_early_data_size = 0;
+    let plain = Arc::new(base.clone());
+    base.alpn_protocols = vec![ALPN_ZSTD.to_vec()];
+    Ok(ServerConfigs {
+        with_zstd: Arc::new(base),
+        plain,
+    })
+}
+
+/// The client config of a forward listener. `server_name` pins the name checked in the server
+/// certificate when it differs from the SNI (socat's `commonname`).
+pub fn client_config(
+    files: &TlsFiles,
+    offer_zstd: bool,
+    server_name: Option<&str>,
+) -> Result<Arc<ClientConfig>, Error> {
+    let provider = provider();
+    let roots = load_roots(&files.ca)?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| file_error(&files.ca, format!("cannot verify servers with it: {e}")))?;
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))?;
+    let builder = match server_name {
+        Some(name) => {
+            let name = ServerName::try_from(name.to_owned())
+                .map_err(|e| Error::Config(format!("--server-name {name:?}: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedNameVerifier { webpki, name }))
+        }
+        None => builder.with_webpki_verifier(webpki),
+    };
+    let mut config = builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| file_error(&files.key, format!("key does not match certificate: {e}")))?;
+    config.enable_secret_extraction = true;
+    if offer_zstd {
+        config.alpn_protocols = vec![ALPN_ZSTD.to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
+/// Full WebPKI verification, but against a fixed name instead of the SNI.
+#[derive(Debug)]
+struct PinnedNameVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for PinnedNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _sni: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// The subject of a peer's leaf certificate, for logs.
+pub fn subject_of(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, c)) => c.subject().to_string(),
+        Err(_) => "<unparsable certificate>".into(),
+    }
+}
+
+/// Sorts a rustls error into the short reason the connection log and counters use.
+pub fn refusal_reason(e: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match e {
+        E::NoCertificatesPresented => "no_client_cert",
+        E::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "cert_expired",
+        E::InvalidCertificate(C::Revoked) => "revoked",
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "name_mismatch"
+        }
+        E::InvalidCertificate(_) => "bad_cert",
+        E::AlertReceived(_) => "peer_alert",
+        E::NoApplicationProtocol => "no_alpn",
+        E::PeerIncompatible(_) => "incompatible",
+        _ => "protocol",
+    }
+}

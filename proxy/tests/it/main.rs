@@ -1,0 +1,181 @@
+//! In-process tests of the `replink` library against real rustls peers: what the end-to-end
+//! suite in `tests/` cannot see from outside (KeyUpdate in both directions, session tickets
+//! issued by our record layer, both io drivers).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use replink::config::{Route, TlsFiles};
+use replink::{Compression, IoDriver, ListenerConfig, Mode, ProxyHandle};
+use replink_pki::ThrowawayPki;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore, StreamOwned};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+const SNI: &str = "pg.repl.test";
+
+/// Echoes every connection until EOF, then half-closes.
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn reverse(pki: &ThrowawayPki, upstream: SocketAddr, driver: IoDriver) -> ProxyHandle {
+    let route: Route = format!("{SNI}={upstream}").parse().unwrap();
+    replink::start(
+        ListenerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            mode: Mode::Reverse {
+                routes: vec![route],
+            },
+            tls: TlsFiles {
+                cert: pki.server_cert.clone(),
+                key: pki.server_key.clone(),
+                ca: pki.ca_pem.clone(),
+                tls12: false,
+            },
+            compression: Compression::Zstd { level: 1 },
+            workers: 1,
+            io_driver: driver,
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            keepalive: true,
+            max_connections: 100,
+        },
+        "reverse",
+    )
+    .unwrap()
+}
+
+fn client_config(pki: &ThrowawayPki) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki.ca_pem).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let certs: Vec<_> = CertificateDer::pem_file_iter(&pki.client_cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&pki.client_key).unwrap();
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .unwrap(),
+    )
+}
+
+fn connect(
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let conn = ClientConnection::new(config.clone(), ServerName::try_from(SNI).unwrap()).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    StreamOwned::new(conn, sock)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+/// Writes `data`, asking for a KeyUpdate (update_requested) every `every` bytes, and checks the
+/// echo: our reverse end must follow the client's new keys and answer with a KeyUpdate of its
+/// own that the rustls client accepts.
+fn key_updates_both_ways(driver: IoDriver) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let proxy = reverse(&pki, echo_server(), driver);
+    let config = client_config(&pki);
+    let mut tls = connect(&config, proxy.local_addr);
+    let data = pattern(6 << 20, 7);
+    let mut echoed = Vec::with_capacity(data.len());
+    for chunk in data.chunks(512 * 1024) {
+        tls.write_all(chunk).unwrap();
+        // KeyUpdate with update_requested: our end must rekey its receive side and answer
+        // with a KeyUpdate before the echoed bytes, which rustls must then accept.
+        tls.conn.refresh_traffic_keys().unwrap();
+        tls.flush().unwrap();
+        let mut back = vec![0u8; chunk.len()];
+        tls.read_exact(&mut back).unwrap();
+        echoed.extend_from_slice(&back);
+    }
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "{} unexpected bytes after the echo",
+        rest.len()
+    );
+    assert_eq!(echoed.len(), data.len());
+    assert!(echoed == data, "echo differs from what was sent");
+}
+
+#[test]
+fn key_updates_both_ways_io_uring() {
+    key_updates_both_ways(IoDriver::IoUring);
+}
+
+#[test]
+fn key_updates_both_ways_epoll() {
+    key_updates_both_ways(IoDriver::Epoll);
+}
+
+/// The tickets our server side sends during the handshake let a rustls client resume.
+#[test]
+fn session_tickets_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let proxy = reverse(&pki, echo_server(), IoDriver::Auto);
+    let config = client_config(&pki);
+    for round in 0..3 {
+        let mut tls = connect(&config, proxy.local_addr);
+        tls.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        tls.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        let kind = tls.conn.handshake_kind();
+        if round == 0 {
+            assert_eq!(kind, Some(HandshakeKind::Full));
+        } else {
+            assert_eq!(
+                kind,
+                Some(HandshakeKind::Resumed),
+                "round {round} did not resume"
+            );
+        }
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    }
+}
