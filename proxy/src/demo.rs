@@ -30,11 +30,19 @@ pub struct DemoArgs {
     /// io driver: auto, io-uring, epoll.
     #[arg(long, default_value = "auto")]
     io_driver: IoDriver,
+    /// Write the sample (one pass worth) to this file and exit, e.g. to measure `zstd -b1` on it.
+    #[arg(long)]
+    write_sample: Option<std::path::PathBuf>,
 }
 
 const SNI: &str = "demo.repl.test";
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.write_sample {
+        let sample = wal_like_sample((args.size_mib << 20) as usize);
+        std::fs::write(path, sample).with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let pki = ThrowawayPki::mint(dir.path(), &[SNI]).context("minting the throwaway PKI")?;
     println!(
@@ -227,7 +235,7 @@ fn wait_closed(h: &ProxyHandle) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// user+system seconds of this process's replink worker threads.
+/// user+system seconds of this process's replink worker threads (and io_uring workers).
 fn worker_cpu_seconds() -> anyhow::Result<f64> {
     // /proc reports times in USER_HZ ticks, which is 100 on Linux.
     const TICKS: f64 = 100.0;
@@ -235,7 +243,11 @@ fn worker_cpu_seconds() -> anyhow::Result<f64> {
     for entry in std::fs::read_dir("/proc/self/task")? {
         let path = entry?.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !(comm.starts_with("reverse-") || comm.starts_with("forward-")) {
+        // io_uring's own workers (iou-wrk-*) run on behalf of the proxy threads: count them.
+        if !(comm.starts_with("reverse-")
+            || comm.starts_with("forward-")
+            || comm.starts_with("iou-wrk"))
+        {
             continue;
         }
         let stat = std::fs::read_to_string(path.join("stat"))?;

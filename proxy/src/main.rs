@@ -137,9 +137,9 @@ impl Common {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REPLINK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -164,7 +164,12 @@ fn serve(config: ListenerConfig, kind: &str) -> anyhow::Result<()> {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints its own report; per-connection lines would only interleave with it.
+    init_logging(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     match cli.command {
         Command::ReverseProxy {
             listen,
