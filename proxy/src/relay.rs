@@ -387,11 +387,17 @@ impl SealPump {
                 None => self.out.push_plain(&buf[..n])?,
             }
             self.flush_out().await?;
-            if filled && buf.capacity() < BIG {
-                buf = buffers::take_big();
-            } else if !filled && n < SMALL / 2 && buf.capacity() >= BIG {
-                buffers::give_back(std::mem::replace(&mut buf, Vec::with_capacity(SMALL)));
+            if filled {
+                if buf.capacity() < BIG {
+                    buf = buffers::take_big();
+                }
+            } else {
+                // The source had nothing more: the link may now sit idle for hours, so hold
+                // no more than a small read buffer while waiting.
                 self.out.release();
+                if n < SMALL / 2 && buf.capacity() >= BIG {
+                    buffers::give_back(std::mem::replace(&mut buf, Vec::with_capacity(SMALL)));
+                }
             }
         }
     }

@@ -36,3 +36,15 @@ pub fn reset_on_close(fd: RawFd) {
         );
     }
 }
+
+/// Makes glibc serve large allocations (zstd contexts, bulk buffers) with mmap and give them
+/// back to the kernel on free. By default glibc raises its mmap threshold after the first such
+/// free, after which freed contexts stay in the heap and an idle link's memory never returns.
+pub fn return_large_frees_to_kernel() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator tunables; it is called before the workers start
+    // allocating, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}

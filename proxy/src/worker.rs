@@ -147,6 +147,7 @@ impl ProxyHandle {
 /// workers. Connections are accepted as soon as this returns.
 pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle, Error> {
     config.validate()?;
+    crate::sys::return_large_frees_to_kernel();
     let mode = build_mode(&config)?;
     let driver = choose_driver(config.io_driver)?;
     let first = bind_reuseport(config.listen).map_err(|e| Error::Bind {
