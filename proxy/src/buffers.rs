@@ -19,6 +19,17 @@ const POOL_KEEP: usize = 64;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static RELEASED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Notes that a large allocation (a zstd context) was freed on this core.
+pub fn note_released() {
+    RELEASED.with(|r| r.set(true));
+}
+
+/// Whether anything was released since the last call.
+pub fn take_released_flag() -> bool {
+    RELEASED.with(|r| r.replace(false))
 }
 
 /// A cleared buffer with at least `BIG` bytes of capacity, from this core's pool when it has one.

@@ -115,6 +115,7 @@ impl ZstdEncoder {
         self.run(&[], ZSTD_EndDirective::ZSTD_e_end, sink)?;
         self.cctx = None;
         self.dirty = false;
+        crate::buffers::note_released();
         Ok(())
     }
 }
@@ -161,6 +162,7 @@ impl ZstdDecoder {
             if hint == 0 {
                 // Frame complete and fully flushed: give the context back.
                 self.dctx = None;
+                crate::buffers::note_released();
             }
             if full {
                 return Ok(inbuf.pos());

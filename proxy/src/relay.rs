@@ -28,9 +28,9 @@ use crate::sys;
 use crate::tls::handshake::{Established, Kernel};
 use crate::tls::record::{self, Opener, RecordError, Sealer, MAX_PLAINTEXT};
 
-/// How long a compressing direction waits with an open zstd frame before ending it and giving
-/// its context back.
-const FRAME_IDLE: Duration = Duration::from_millis(500);
+/// How long a direction waits with nothing to read before it ends its zstd frame and gives its
+/// zstd context and record buffer back.
+const QUIET_AFTER: Duration = Duration::from_millis(500);
 
 /// Why a connection ended badly. `reason()` is the short word the log and counters use.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +275,10 @@ impl RecordWriter {
             self.out = Vec::new();
         }
     }
+
+    fn holds_memory(&self) -> bool {
+        self.out.capacity() > 0
+    }
 }
 
 impl Sink for RecordWriter {
@@ -328,10 +332,13 @@ impl SealPump {
                 let mut read = pin!(read_more(&mut self.src, buf, 0));
                 loop {
                     let frame_open = self.encoder.as_ref().is_some_and(|e| e.has_open_frame());
-                    let wait = match (frame_open, self.link.idle_timeout) {
-                        (true, _) => Some(FRAME_IDLE),
-                        (false, Some(t)) => Some(t),
-                        (false, None) => None,
+                    // Something to give back once the link goes quiet: a zstd frame and its
+                    // context, or the record buffer.
+                    let holding = frame_open || self.out.holds_memory();
+                    let wait = if holding {
+                        Some(QUIET_AFTER)
+                    } else {
+                        self.link.idle_timeout
                     };
                     let Some(wait) = wait else {
                         break (&mut read).await;
@@ -339,14 +346,14 @@ impl SealPump {
                     monoio::select! {
                         r = &mut read => break r,
                         _ = monoio::time::sleep(wait) => {
-                            // The read has been pending for FRAME_IDLE: the link is quiet.
+                            // The read has been pending for QUIET_AFTER: the link is quiet.
                             if frame_open {
                                 if let Some(enc) = self.encoder.as_mut() {
                                     enc.end_frame(&mut self.out)?;
                                 }
                                 Self::write_pending(&mut self.out, &mut self.dst, &self.link).await?;
-                                self.out.release();
                             }
+                            self.out.release();
                             if let Some(t) = self.link.idle_timeout {
                                 if self.link.last_activity.get().elapsed() >= t {
                                     return Err(ConnError::Timeout("idle"));
@@ -392,9 +399,6 @@ impl SealPump {
                     buf = buffers::take_big();
                 }
             } else {
-                // The source had nothing more: the link may now sit idle for hours, so hold
-                // no more than a small read buffer while waiting.
-                self.out.release();
                 if n < SMALL / 2 && buf.capacity() >= BIG {
                     buffers::give_back(std::mem::replace(&mut buf, Vec::with_capacity(SMALL)));
                 }

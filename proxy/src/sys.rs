@@ -37,14 +37,13 @@ pub fn reset_on_close(fd: RawFd) {
     }
 }
 
-/// Makes glibc serve large allocations (zstd contexts, bulk buffers) with mmap and give them
-/// back to the kernel on free. By default glibc raises its mmap threshold after the first such
-/// free, after which freed contexts stay in the heap and an idle link's memory never returns.
-pub fn return_large_frees_to_kernel() {
+/// Gives free heap pages back to the kernel (glibc keeps freed zstd contexts resident
+/// otherwise, so an idle compressed link would still cost its contexts' memory).
+pub fn trim_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator tunables; it is called before the workers start
-    // allocating, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    // SAFETY: malloc_trim only walks the allocator's own free lists and returns whole free
+    // pages to the kernel; it has no preconditions.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::malloc_trim(0);
     }
 }

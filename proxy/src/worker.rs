@@ -147,7 +147,6 @@ impl ProxyHandle {
 /// workers. Connections are accepted as soon as this returns.
 pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle, Error> {
     config.validate()?;
-    crate::sys::return_large_frees_to_kernel();
     let mode = build_mode(&config)?;
     let driver = choose_driver(config.io_driver)?;
     let first = bind_reuseport(config.listen).map_err(|e| Error::Bind {
@@ -210,6 +209,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
             return;
         }
     };
+    monoio::spawn(trim_when_released());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -228,6 +228,16 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Once a second at most, and only after zstd contexts were freed, hand free heap memory back.
+async fn trim_when_released() {
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        if crate::buffers::take_released_flag() {
+            crate::sys::trim_allocator();
         }
     }
 }
