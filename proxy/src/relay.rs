@@ -168,7 +168,7 @@ pub async fn relay(
     };
     let result = {
         let mut up = pin!(up.run());
-        let mut down = pin!(down.run(est.leftover, est.early_plaintext));
+        let mut down = pin!(down.run(est.leftover, est.early_plaintext, est.peer_closed));
         let (up_first, first) = monoio::select! {
             r = &mut up => (true, r),
             r = &mut down => (false, r),
@@ -472,7 +472,12 @@ impl OpenPump {
         }
     }
 
-    async fn run(mut self, mut inbuf: Vec<u8>, early: Vec<u8>) -> Result<(), ConnError> {
+    async fn run(
+        mut self,
+        mut inbuf: Vec<u8>,
+        early: Vec<u8>,
+        peer_closed: bool,
+    ) -> Result<(), ConnError> {
         let mut out: Vec<u8> = Vec::new();
         if !early.is_empty() {
             if self.decoder.is_some() {
@@ -484,7 +489,7 @@ impl OpenPump {
             }
         }
         add(&self.link.traffic.wire_in, inbuf.len());
-        let mut closed = false;
+        let mut closed = peer_closed;
         loop {
             // Open every whole record in the buffer. Plain payloads are moved down to `wpos`
             // (always behind the read position, as a payload is shorter than its record).

@@ -30,6 +30,9 @@ pub struct Established {
     pub leftover: Vec<u8>,
     /// Application data rustls already decrypted while finishing the handshake.
     pub early_plaintext: Vec<u8>,
+    /// The peer's close_notify arrived right behind its last flight: its direction is over
+    /// once `early_plaintext` is delivered.
+    pub peer_closed: bool,
 }
 
 /// The post-handshake half of rustls: key updates and (client side) session tickets.
@@ -101,6 +104,7 @@ enum Step {
     Done,
     Failed(rustls::Error),
     PeerClosed,
+    Closed,
 }
 
 /// Appends the pending handshake bytes to `out`, growing it as rustls asks.
@@ -132,9 +136,10 @@ async fn drive<C: Unbuffered>(
     conn: &mut C,
     sock: &mut TcpStream,
     mut incoming: Vec<u8>,
-) -> Result<(Vec<u8>, Vec<u8>), ConnError> {
+) -> Result<Drove, ConnError> {
     let mut out = Vec::with_capacity(4096);
     let mut early = Vec::new();
+    let mut peer_closed = false;
     loop {
         let mut discard;
         let step = {
@@ -170,7 +175,8 @@ async fn drive<C: Unbuffered>(
                     }
                     failed.map_or(Step::Continue, Step::Failed)
                 }
-                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
+                Ok(ConnectionState::PeerClosed) => Step::PeerClosed,
+                Ok(ConnectionState::Closed) => Step::Closed,
                 Ok(other) => Step::Failed(rustls::Error::General(format!(
                     "unexpected handshake state {other:?}"
                 ))),
@@ -197,9 +203,17 @@ async fn drive<C: Unbuffered>(
                     let (res, _) = sock.write_all(out).await;
                     res.map_err(ConnError::Downstream)?;
                 }
-                return Ok((incoming, early));
+                return Ok(Drove {
+                    leftover: incoming,
+                    early_plaintext: early,
+                    peer_closed,
+                });
             }
-            Step::PeerClosed => return Err(ConnError::HandshakeEof),
+            // A close_notify right behind the peer's last flight (a short request, then FIN)
+            // is a half-close after a good handshake; before the handshake completes, the
+            // next step blocks on a read that sees EOF and fails as it should.
+            Step::PeerClosed => peer_closed = true,
+            Step::Closed => return Err(ConnError::HandshakeEof),
             Step::Failed(e) => {
                 send_pending_alert(conn, sock, out).await;
                 return Err(ConnError::Tls(e));
@@ -233,6 +247,13 @@ async fn send_pending_alert<C: Unbuffered>(conn: &mut C, sock: &mut TcpStream, m
     }
 }
 
+/// What the handshake loop leaves behind for the record layer.
+struct Drove {
+    leftover: Vec<u8>,
+    early_plaintext: Vec<u8>,
+    peer_closed: bool,
+}
+
 /// Server side. `incoming` already holds the ClientHello the router read.
 pub async fn accept(
     config: std::sync::Arc<rustls::ServerConfig>,
@@ -240,7 +261,7 @@ pub async fn accept(
     incoming: Vec<u8>,
 ) -> Result<Established, ConnError> {
     let mut conn = UnbufferedServerConnection::new(config).map_err(ConnError::Tls)?;
-    let (leftover, early_plaintext) = drive(&mut conn, sock, incoming).await?;
+    let drove = drive(&mut conn, sock, incoming).await?;
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let peer_subject = conn
         .peer_certificates()
@@ -256,8 +277,9 @@ pub async fn accept(
         kernel: Kernel::Server(kernel),
         alpn,
         peer_subject,
-        leftover,
-        early_plaintext,
+        leftover: drove.leftover,
+        early_plaintext: drove.early_plaintext,
+        peer_closed: drove.peer_closed,
     })
 }
 
@@ -268,7 +290,7 @@ pub async fn connect(
     sock: &mut TcpStream,
 ) -> Result<Established, ConnError> {
     let mut conn = UnbufferedClientConnection::new(config, server_name).map_err(ConnError::Tls)?;
-    let (leftover, early_plaintext) = drive(&mut conn, sock, Vec::with_capacity(16 * 1024)).await?;
+    let drove = drive(&mut conn, sock, Vec::with_capacity(16 * 1024)).await?;
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let peer_subject = conn
         .peer_certificates()
@@ -284,7 +306,8 @@ pub async fn connect(
         kernel: Kernel::Client(kernel),
         alpn,
         peer_subject,
-        leftover,
-        early_plaintext,
+        leftover: drove.leftover,
+        early_plaintext: drove.early_plaintext,
+        peer_closed: drove.peer_closed,
     })
 }
