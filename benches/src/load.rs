@@ -1,0 +1,188 @@
+//! Load generators and upstreams: bulk streams, held idle connections, redis-benchmark.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Accepts connections and reads them to the end with 256 KiB reads.
+pub fn sink() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Sends `total` bytes (the corpus, repeated) with 256 KiB writes, half-closes, waits for EOF.
+/// Returns the seconds it took.
+pub fn bulk(addr: SocketAddr, corpus: &[u8], total: u64) -> Result<f64> {
+    let start = Instant::now();
+    let mut c = TcpStream::connect(addr)?;
+    let mut sent = 0u64;
+    let mut pos = 0usize;
+    while sent < total {
+        let n = (256 * 1024)
+            .min(corpus.len() - pos)
+            .min((total - sent) as usize);
+        c.write_all(&corpus[pos..pos + n])?;
+        pos = (pos + n) % corpus.len();
+        sent += n as u64;
+    }
+    c.shutdown(Shutdown::Write)?;
+    let mut rest = [0u8; 64];
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+    while matches!(c.read(&mut rest), Ok(n) if n > 0) {}
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// An upstream that keeps every connection, echoes small messages, and counts them.
+pub struct Holder {
+    pub addr: SocketAddr,
+    pub held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+pub fn holder() -> Result<Holder> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            if let Ok(mut v) = h.lock() {
+                v.push(c);
+            }
+        }
+    });
+    Ok(Holder { addr, held })
+}
+
+/// Opens `n` connections through `listen`, exchanges one small message each way on each, and
+/// returns them (held open).
+pub fn open_idle(listen: SocketAddr, holder: &Holder, n: usize) -> Result<Vec<TcpStream>> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = TcpStream::connect(listen)?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))?;
+        clients.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holder.held.lock().map(|v| v.len()).unwrap_or(0) < n {
+        if Instant::now() > deadline {
+            bail!("only some connections reached the upstream");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for c in &mut clients {
+        c.write_all(b"SELECT 1; -- a small request on an idle link")?;
+    }
+    if let Ok(mut v) = holder.held.lock() {
+        for u in v.iter_mut() {
+            let mut b = [0u8; 256];
+            let _ = u.read(&mut b);
+            u.write_all(b"ok, and a small answer")?;
+        }
+    }
+    for c in &mut clients {
+        let mut b = [0u8; 256];
+        c.read(&mut b).context("reading the answer")?;
+    }
+    Ok(clients)
+}
+
+pub struct Redis(Child, pub SocketAddr, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn redis() -> Result<Redis> {
+    let dir = tempfile::tempdir()?;
+    let port = crate::tunnel::free_port()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (Debian package redis-server)")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Redis(child, addr, dir))
+}
+
+pub struct PingFigures {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// `redis-benchmark -t ping` (PING_MBULK row of --csv) at concurrency `c`.
+pub fn ping(addr: SocketAddr, c: u32, n: u32) -> Result<PingFigures> {
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-t",
+            "ping",
+            "-n",
+            &n.to_string(),
+            "-c",
+            &c.to_string(),
+            "--csv",
+        ])
+        .output()
+        .context("running redis-benchmark (Debian package redis-tools)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("\"PING_MBULK\""))
+        .with_context(|| format!("no PING_MBULK row in redis-benchmark output: {text}"))?;
+    let f: Vec<f64> = row
+        .split(',')
+        .skip(1)
+        .filter_map(|v| v.trim_matches('"').parse().ok())
+        .collect();
+    if f.len() < 6 {
+        bail!("unexpected redis-benchmark row: {row}");
+    }
+    // "rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",…
+    Ok(PingFigures {
+        rps: f[0],
+        p50_us: f[3] * 1000.0,
+        p99_us: f[5] * 1000.0,
+    })
+}

@@ -1,0 +1,217 @@
+//! Starting the tunnels under test: two processes each (forward end, reverse end) on loopback,
+//! with the same certificates (ECDSA P-256, TLS 1.3, AES-128-GCM) and one core's worth of
+//! threads per end.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use replink_pki::ThrowawayPki;
+
+pub const SNI: &str = "bench.repl.test";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Replink { zstd: Option<i32> },
+    Haproxy,
+}
+
+impl Kind {
+    pub fn name(&self) -> String {
+        match self {
+            Kind::Replink { zstd: None } => "replink-off".into(),
+            Kind::Replink { zstd: Some(l) } => format!("replink-zstd{l}"),
+            Kind::Haproxy => "haproxy".into(),
+        }
+    }
+}
+
+/// A child process killed on drop; its stderr goes to a file.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(cmd: &Path, args: &[String], log: PathBuf) -> Result<Proc> {
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(cmd)
+        .args(args)
+        .env("REPLINK_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", cmd.display()))?;
+    Ok(Proc { child, log })
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("{addr} never accepted connections");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+pub struct Pair {
+    pub forward: Proc,
+    pub reverse: Proc,
+    pub listen: SocketAddr,
+}
+
+impl Pair {
+    pub fn pids(&self) -> [u32; 2] {
+        [self.forward.pid(), self.reverse.pid()]
+    }
+}
+
+/// Certificates for all tunnels, plus the combined PEMs HAProxy wants.
+pub struct Certs {
+    pub pki: ThrowawayPki,
+    pub server_combined: PathBuf,
+    pub client_combined: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub fn certs(dir: &Path) -> Result<Certs> {
+    let pki = ThrowawayPki::mint(dir, &[SNI])?;
+    let combine = |cert: &Path, key: &Path, out: &str| -> Result<PathBuf> {
+        let path = dir.join(out);
+        let text = std::fs::read_to_string(cert)? + &std::fs::read_to_string(key)?;
+        replink_pki::write_private_file(&path, text.as_bytes(), true)?;
+        Ok(path)
+    };
+    Ok(Certs {
+        server_combined: combine(&pki.server_cert, &pki.server_key, "server-combined.pem")?,
+        client_combined: combine(&pki.client_cert, &pki.client_key, "client-combined.pem")?,
+        dir: dir.to_owned(),
+        pki,
+    })
+}
+
+pub fn start(
+    kind: Kind,
+    certs: &Certs,
+    replink: &Path,
+    upstream: SocketAddr,
+    tag: &str,
+) -> Result<Pair> {
+    let rev_port = free_port()?;
+    let fwd_port = free_port()?;
+    let rev_addr = SocketAddr::from(([127, 0, 0, 1], rev_port));
+    let fwd_addr = SocketAddr::from(([127, 0, 0, 1], fwd_port));
+    let p = &certs.pki;
+    let s = |p: &Path| p.display().to_string();
+    let (reverse, forward) = match kind {
+        Kind::Replink { zstd } => {
+            let mut common = vec![
+                "--workers".to_string(),
+                "1".into(),
+                "--ca".into(),
+                s(&p.ca_pem),
+            ];
+            match zstd {
+                None => common.extend(["--compression".into(), "off".into()]),
+                Some(l) => common.extend([
+                    "--compression".into(),
+                    "zstd".into(),
+                    format!("--zstd-level={l}"),
+                ]),
+            }
+            let mut rev = vec![
+                "reverse-proxy".to_string(),
+                "--listen".into(),
+                rev_addr.to_string(),
+                "--route".into(),
+                format!("{SNI}={upstream}"),
+            ];
+            rev.extend([
+                "--cert".into(),
+                s(&p.server_cert),
+                "--key".into(),
+                s(&p.server_key),
+            ]);
+            rev.extend(common.clone());
+            let reverse = spawn(replink, &rev, certs.dir.join(format!("{tag}-reverse.log")))?;
+            let mut fwd = vec![
+                "forward-proxy".to_string(),
+                "--listen".into(),
+                fwd_addr.to_string(),
+                "--target".into(),
+                rev_addr.to_string(),
+                "--sni".into(),
+                SNI.into(),
+            ];
+            fwd.extend([
+                "--cert".into(),
+                s(&p.client_cert),
+                "--key".into(),
+                s(&p.client_key),
+            ]);
+            fwd.extend(common);
+            wait_port(rev_addr).with_context(|| reverse.log_text())?;
+            let forward = spawn(replink, &fwd, certs.dir.join(format!("{tag}-forward.log")))?;
+            (reverse, forward)
+        }
+        Kind::Haproxy => {
+            let global = "global\n  nbthread 1\n  maxconn 8000\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\ndefaults\n  mode tcp\n  timeout connect 10s\n  timeout client 1h\n  timeout server 1h\n";
+            let rev_cfg = format!(
+                "{global}frontend fe\n  bind {rev_addr} ssl crt {} ca-file {} verify required\n  default_backend be\nbackend be\n  server up {upstream}\n",
+                s(&certs.server_combined), s(&p.ca_pem)
+            );
+            let fwd_cfg = format!(
+                "{global}frontend fe\n  bind {fwd_addr}\n  default_backend be\nbackend be\n  server rev {rev_addr} ssl crt {} ca-file {} verify required verifyhost {SNI} sni str({SNI})\n",
+                s(&certs.client_combined), s(&p.ca_pem)
+            );
+            let rev_path = certs.dir.join(format!("{tag}-reverse.cfg"));
+            let fwd_path = certs.dir.join(format!("{tag}-forward.cfg"));
+            std::fs::write(&rev_path, rev_cfg)?;
+            std::fs::write(&fwd_path, fwd_cfg)?;
+            let haproxy = Path::new("haproxy");
+            let reverse = spawn(
+                haproxy,
+                &["-db".into(), "-f".into(), s(&rev_path)],
+                certs.dir.join(format!("{tag}-reverse.log")),
+            )?;
+            wait_port(rev_addr).with_context(|| reverse.log_text())?;
+            let forward = spawn(
+                haproxy,
+                &["-db".into(), "-f".into(), s(&fwd_path)],
+                certs.dir.join(format!("{tag}-forward.log")),
+            )?;
+            (reverse, forward)
+        }
+    };
+    wait_port(fwd_addr).with_context(|| forward.log_text())?;
+    Ok(Pair {
+        forward,
+        reverse,
+        listen: fwd_addr,
+    })
+}
