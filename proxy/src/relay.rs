@@ -331,7 +331,7 @@ impl SealPump {
             let (res, b) = {
                 let mut read = pin!(read_more(&mut self.src, buf, 0));
                 loop {
-                    let frame_open = self.encoder.as_ref().is_some_and(|e| e.has_open_frame());
+                    let frame_open = self.encoder.as_ref().is_some_and(|e| e.holds_context());
                     // Something to give back once the link goes quiet: a zstd frame and its
                     // context, or the record buffer.
                     let holding = frame_open || self.out.holds_memory();
@@ -554,14 +554,26 @@ impl OpenPump {
             let (res, b) = {
                 let mut read = pin!(read_more(&mut self.src, inbuf, need));
                 loop {
-                    let Some(t) = self.link.idle_timeout else {
+                    let holding = self.decoder.as_ref().is_some_and(|d| d.holds_context());
+                    let wait = if holding {
+                        Some(QUIET_AFTER)
+                    } else {
+                        self.link.idle_timeout
+                    };
+                    let Some(t) = wait else {
                         break (&mut read).await;
                     };
                     monoio::select! {
                         r = &mut read => break r,
                         _ = monoio::time::sleep(t) => {
-                            if self.link.last_activity.get().elapsed() >= t {
-                                return Err(ConnError::Timeout("idle"));
+                            // Quiet: the zstd context goes back between frames.
+                            if let Some(d) = self.decoder.as_mut() {
+                                d.release();
+                            }
+                            if let Some(limit) = self.link.idle_timeout {
+                                if self.link.last_activity.get().elapsed() >= limit {
+                                    return Err(ConnError::Timeout("idle"));
+                                }
                             }
                         }
                     }
