@@ -139,7 +139,6 @@ pub async fn relay(
     opts: &RelayOptions,
     traffic: Rc<Traffic>,
 ) -> Result<(), ConnError> {
-    let (tls_fd, plain_fd) = (tls.as_raw_fd(), plain.as_raw_fd());
     let sealer = Sealer::new(est.version, est.tx.0, est.tx.1)?;
     let opener = Opener::new(est.version, est.rx.0, est.rx.1)?;
     let link = Rc::new(Link {
@@ -149,43 +148,48 @@ pub async fn relay(
         idle_timeout: opts.idle_timeout,
         traffic,
     });
-    let (tls_r, tls_w) = tls.into_split();
-    let (plain_r, plain_w) = plain.into_split();
-    let up = SealPump {
-        src: plain_r,
-        src_fd: plain_fd,
-        dst: tls_w,
-        out: RecordWriter::new(sealer),
-        encoder: opts.compress.map(ZstdEncoder::new),
-        link: link.clone(),
-    };
-    let down = OpenPump {
-        src: tls_r,
-        dst: plain_w,
-        opener,
-        decoder: opts.compress.map(|_| ZstdDecoder::new()),
-        link,
-    };
+    let plain_fd = plain.as_raw_fd();
+    let (mut tls_r, mut tls_w) = tls.into_split();
+    let (mut plain_r, mut plain_w) = plain.into_split();
     let result = {
+        let up = SealPump {
+            src: &mut plain_r,
+            src_fd: plain_fd,
+            dst: &mut tls_w,
+            out: RecordWriter::new(sealer),
+            encoder: opts.compress.map(ZstdEncoder::new),
+            link: link.clone(),
+        };
+        let down = OpenPump {
+            src: &mut tls_r,
+            dst: &mut plain_w,
+            opener,
+            decoder: opts.compress.map(|_| ZstdDecoder::new()),
+            link,
+        };
         let mut up = pin!(up.run());
         let mut down = pin!(down.run(est.leftover, est.early_plaintext, est.peer_closed));
         let (up_first, first) = monoio::select! {
             r = &mut up => (true, r),
             r = &mut down => (false, r),
         };
-        let result = match first {
+        match first {
             Ok(()) if up_first => down.await,
             Ok(()) => up.await,
             Err(e) => Err(e),
-        };
-        if result.is_err() {
-            // Pass the failure on as resets, so neither application sees a clean end.
-            sys::reset_on_close(tls_fd);
-            sys::reset_on_close(plain_fd);
         }
-        result
-        // The pumps, and with them the sockets, are dropped here, after the linger is set.
+        // The pumps are dropped here, cancelling whatever they still had in flight.
     };
+    if result.is_err() {
+        // Pass the failure on as resets, so neither application sees a clean end. The halves
+        // are reunited first: monoio's write half sends a FIN (shutdown) when dropped, which
+        // the peer would read as a clean end of stream before the reset.
+        for (r, w) in [(tls_r, tls_w), (plain_r, plain_w)] {
+            if let Ok(stream) = r.reunite(w) {
+                sys::reset_on_close(stream.as_raw_fd());
+            }
+        }
+    }
     result
 }
 
@@ -310,18 +314,18 @@ impl Sink for RecordWriter {
     }
 }
 
-struct SealPump {
-    src: OwnedReadHalf<TcpStream>,
+struct SealPump<'a> {
+    src: &'a mut OwnedReadHalf<TcpStream>,
     src_fd: RawFd,
-    dst: OwnedWriteHalf<TcpStream>,
+    dst: &'a mut OwnedWriteHalf<TcpStream>,
     out: RecordWriter,
     encoder: Option<ZstdEncoder>,
     link: Rc<Link>,
 }
 
-impl SealPump {
+impl SealPump<'_> {
     async fn flush_out(&mut self) -> Result<(), ConnError> {
-        Self::write_pending(&mut self.out, &mut self.dst, &self.link).await
+        Self::write_pending(&mut self.out, self.dst, &self.link).await
     }
 
     async fn run(mut self) -> Result<(), ConnError> {
@@ -329,7 +333,7 @@ impl SealPump {
         loop {
             buf.clear();
             let (res, b) = {
-                let mut read = pin!(read_more(&mut self.src, buf, 0));
+                let mut read = pin!(read_more(self.src, buf, 0));
                 loop {
                     let frame_open = self.encoder.as_ref().is_some_and(|e| e.holds_context());
                     // Something to give back once the link goes quiet: a zstd frame and its
@@ -351,7 +355,7 @@ impl SealPump {
                                 if let Some(enc) = self.encoder.as_mut() {
                                     enc.end_frame(&mut self.out)?;
                                 }
-                                Self::write_pending(&mut self.out, &mut self.dst, &self.link).await?;
+                                Self::write_pending(&mut self.out, self.dst, &self.link).await?;
                             }
                             self.out.release();
                             if let Some(t) = self.link.idle_timeout {
@@ -426,15 +430,15 @@ impl SealPump {
     }
 }
 
-struct OpenPump {
-    src: OwnedReadHalf<TcpStream>,
-    dst: OwnedWriteHalf<TcpStream>,
+struct OpenPump<'a> {
+    src: &'a mut OwnedReadHalf<TcpStream>,
+    dst: &'a mut OwnedWriteHalf<TcpStream>,
     opener: Opener,
     decoder: Option<ZstdDecoder>,
     link: Rc<Link>,
 }
 
-impl OpenPump {
+impl OpenPump<'_> {
     async fn write_plain(
         &mut self,
         buf: Vec<u8>,
@@ -552,7 +556,7 @@ impl OpenPump {
             let need = record::Opener::record_len_hint(&inbuf)
                 .map_or(SMALL, |l| l.saturating_sub(inbuf.len()).max(4096));
             let (res, b) = {
-                let mut read = pin!(read_more(&mut self.src, inbuf, need));
+                let mut read = pin!(read_more(self.src, inbuf, need));
                 loop {
                     let holding = self.decoder.as_ref().is_some_and(|d| d.holds_context());
                     let wait = if holding {

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,15 @@ fn echo_server() -> SocketAddr {
 }
 
 fn reverse(pki: &ThrowawayPki, upstream: SocketAddr, driver: IoDriver) -> ProxyHandle {
+    reverse_with(pki, upstream, driver, false)
+}
+
+fn reverse_with(
+    pki: &ThrowawayPki,
+    upstream: SocketAddr,
+    driver: IoDriver,
+    tls12: bool,
+) -> ProxyHandle {
     let route: Route = format!("{SNI}={upstream}").parse().unwrap();
     replink::start(
         ListenerConfig {
@@ -55,7 +65,7 @@ fn reverse(pki: &ThrowawayPki, upstream: SocketAddr, driver: IoDriver) -> ProxyH
                 cert: pki.server_cert.clone(),
                 key: pki.server_key.clone(),
                 ca: pki.ca_pem.clone(),
-                tls12: false,
+                tls12,
             },
             compression: Compression::Zstd { level: 1 },
             workers: 1,
@@ -72,6 +82,13 @@ fn reverse(pki: &ThrowawayPki, upstream: SocketAddr, driver: IoDriver) -> ProxyH
 }
 
 fn client_config(pki: &ThrowawayPki) -> Arc<ClientConfig> {
+    client_config_for(pki, &[&rustls::version::TLS13])
+}
+
+fn client_config_for(
+    pki: &ThrowawayPki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&pki.ca_pem).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -83,7 +100,7 @@ fn client_config(pki: &ThrowawayPki) -> Arc<ClientConfig> {
     let key = PrivateKeyDer::from_pem_file(&pki.client_key).unwrap();
     Arc::new(
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
@@ -178,4 +195,106 @@ fn session_tickets_resume() {
         tls.conn.send_close_notify();
         let _ = tls.flush();
     }
+}
+
+/// TLS 1.2 is refused by default and works with `--tls12` (records sealed by our TLS 1.2 path).
+#[test]
+fn tls12_only_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let upstream = echo_server();
+    let config = client_config_for(&pki, &[&rustls::version::TLS12]);
+    let strict = reverse(&pki, upstream, IoDriver::Auto);
+    let mut tls = connect(&config, strict.local_addr);
+    assert!(
+        tls.write_all(b"x")
+            .and_then(|_| tls.flush())
+            .and_then(|_| tls.read(&mut [0u8; 1]))
+            .is_err(),
+        "TLS 1.2 must be refused by default"
+    );
+    let lenient = reverse_with(&pki, upstream, IoDriver::Auto, true);
+    let mut tls = connect(&config, lenient.local_addr);
+    let data = pattern(300_000, 3);
+    tls.write_all(&data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    tls.read_exact(&mut back).unwrap();
+    assert!(back == data);
+    assert_eq!(
+        tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
+
+/// A ClientHello that arrives one byte per TCP segment is reassembled and routed.
+#[test]
+fn client_hello_one_byte_per_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let proxy = reverse(&pki, echo_server(), IoDriver::Auto);
+    let config = client_config(&pki);
+    let mut conn = ClientConnection::new(config, ServerName::try_from(SNI).unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let sock = TcpStream::connect(proxy.local_addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    for b in &hello {
+        (&sock).write_all(std::slice::from_ref(b)).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut tls = StreamOwned::new(conn, sock);
+    tls.write_all(b"split hello").unwrap();
+    let mut back = [0u8; 11];
+    tls.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"split hello");
+}
+
+/// A client reset reaches the upstream as a reset (not a clean end of stream).
+#[test]
+fn reset_propagates_as_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = l.local_addr().unwrap();
+    let proxy = reverse(&pki, upstream, IoDriver::Auto);
+    let config = client_config(&pki);
+    let mut tls = connect(&config, proxy.local_addr);
+    tls.write_all(b"some bytes").unwrap();
+    tls.flush().unwrap();
+    let (mut up, _) = l.accept().unwrap();
+    up.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = [0u8; 10];
+    up.read_exact(&mut got).unwrap();
+    // SO_LINGER 0 then close: the client's kernel sends RST.
+    socket2::SockRef::from(tls.get_ref())
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tls);
+    let mut rest = Vec::new();
+    let err = up
+        .read_to_end(&mut rest)
+        .expect_err("a reset must not look like a clean end of stream");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+/// `replink demo`, the README's first command, runs and verifies its checksums.
+#[test]
+fn demo_runs_and_checksums_match() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replink"))
+        .args(["demo", "--size-mib", "32"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("match").count(), 2, "{text}");
+    assert!(
+        text.contains("compression zstd") && text.contains("compression off"),
+        "{text}"
+    );
 }
