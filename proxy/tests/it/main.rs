@@ -54,31 +54,36 @@ fn reverse_with(
     driver: IoDriver,
     tls12: bool,
 ) -> ProxyHandle {
+    replink::start(reverse_config(pki, upstream, driver, tls12), "reverse").unwrap()
+}
+
+fn reverse_config(
+    pki: &ThrowawayPki,
+    upstream: SocketAddr,
+    driver: IoDriver,
+    tls12: bool,
+) -> ListenerConfig {
     let route: Route = format!("{SNI}={upstream}").parse().unwrap();
-    replink::start(
-        ListenerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            mode: Mode::Reverse {
-                routes: vec![route],
-            },
-            tls: TlsFiles {
-                cert: pki.server_cert.clone(),
-                key: pki.server_key.clone(),
-                ca: pki.ca_pem.clone(),
-                tls12,
-            },
-            compression: Compression::Zstd { level: 1 },
-            workers: 1,
-            io_driver: driver,
-            connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: None,
-            keepalive: true,
-            max_connections: 100,
+    ListenerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        mode: Mode::Reverse {
+            routes: vec![route],
         },
-        "reverse",
-    )
-    .unwrap()
+        tls: TlsFiles {
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            ca: pki.ca_pem.clone(),
+            tls12,
+        },
+        compression: Compression::Zstd { level: 1 },
+        workers: 1,
+        io_driver: driver,
+        connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: None,
+        keepalive: true,
+        max_connections: 100,
+    }
 }
 
 fn client_config(pki: &ThrowawayPki) -> Arc<ClientConfig> {
@@ -297,4 +302,87 @@ fn demo_runs_and_checksums_match() {
         text.contains("compression zstd") && text.contains("compression off"),
         "{text}"
     );
+}
+
+/// `--idle-timeout`: a link silent in both directions is closed (as a reset upstream); one
+/// that keeps talking is not.
+#[test]
+fn idle_timeout_closes_only_silent_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let mut config = reverse_config(&pki, echo_server(), IoDriver::Auto, false);
+    config.idle_timeout = Some(Duration::from_millis(800));
+    let proxy = replink::start(config, "reverse").unwrap();
+    let client = client_config(&pki);
+    let mut busy = connect(&client, proxy.local_addr);
+    let mut silent = connect(&client, proxy.local_addr);
+    silent.write_all(b"hi").unwrap();
+    let mut two = [0u8; 2];
+    silent.read_exact(&mut two).unwrap();
+    for _ in 0..8 {
+        busy.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        busy.read_exact(&mut b).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // 2 s later: the busy link is alive, the silent one was cut.
+    busy.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    busy.read_exact(&mut b).unwrap();
+    // Closed by the proxy: EOF or an error at once, not a read that merely times out.
+    silent
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut rest = [0u8; 1];
+    match silent.read(&mut rest) {
+        Ok(0) => {}
+        Ok(n) => panic!("the silent link got {n} bytes instead of being closed"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the silent link is still open: {e}"
+        ),
+    }
+}
+
+/// `--max-connections`: connections beyond the limit are closed at once; the others work.
+#[test]
+fn max_connections_refuses_the_excess() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let mut config = reverse_config(&pki, echo_server(), IoDriver::Auto, false);
+    config.max_connections = 2;
+    config.workers = 1;
+    let proxy = replink::start(config, "reverse").unwrap();
+    let client = client_config(&pki);
+    let mut ok = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(&client, proxy.local_addr);
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+        ok.push(c);
+    }
+    let mut third = connect(&client, proxy.local_addr);
+    let _ = third.write_all(b"x");
+    let mut b = [0u8; 1];
+    assert!(
+        third.read_exact(&mut b).is_err(),
+        "the third connection must be refused"
+    );
+    assert!(
+        proxy
+            .stats
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    for c in &mut ok {
+        c.write_all(b"y").unwrap();
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"y");
+    }
 }
