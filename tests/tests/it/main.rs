@@ -1,16 +1,28 @@
-//! End-to-end suite: the real `replink` binary between real clients and servers.
+//! End-to-end suite: the real `replink` binary between real clients and servers, on loopback.
 //!
-//! - `data_paths`: many concurrent two-way transfers with half-closes, byte-exact, for
-//!   compression on/off × io_uring/epoll.
-//! - `refusals`: bad certificates, unknown SNI, garbage — refused with the right alert and
-//!   logged, while a transfer carries on.
-//! - `interop`: `openssl s_client` without the forward end, real Redis, wildcard routes,
-//!   combined PEM files, an absent upstream.
-//! - `config_errors`: bad files make the process refuse to start with a clear message.
+//! - `data_paths`: ~20 concurrent two-way transfers (0 B .. 64 MiB, plus one of 256 MiB),
+//!   random write sizes, half-closes, byte-exact on both ends, for compression zstd/off ×
+//!   io driver io_uring/epoll; the per-connection log lines account for every byte.
+//! - `openssl_interop`: `openssl s_client` (no ALPN, no forward end) gets the exact bytes.
+//! - `refusals`: no/foreign/expired client certificate, unknown SNI, garbage, silence — each
+//!   refused with the right alert and one `refused` line while a transfer carries on; bad key
+//!   modes and missing files stop the process with a clear message.
+//! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
+//! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
+//!   bundle.
+//! - `resets`: a reset on either side reaches the other side as a reset, not a clean EOF.
+//! - `upstream_down`: a route to a closed port closes the client at once and is logged;
+//!   other connections carry on.
 //!
-//! Run one: `cargo test -p replink-tests --test it refusals`.
+//! Run everything: `cargo test -p replink-tests`. One module or test:
+//! `cargo test -p replink-tests --test it refusals` (a name filter). The harness builds the
+//! `replink` binary itself. `REPLINK_TEST_SEED=N` replays the random sizes of a failed run
+//! (`data_paths` prints the seed it used); `REPLINK_TEST_PATIENCE_MS` (default 20000) bounds every wait.
 
-mod config_errors;
 mod data_paths;
-mod interop;
+mod openssl_interop;
+mod redis;
 mod refusals;
+mod resets;
+mod upstream_down;
+mod wildcard_and_combined_pem;

@@ -1,111 +1,279 @@
-use std::io::Write;
+//! Clients that must not get through, and configurations that must not start.
+
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use replink_tests::*;
 
-fn s_client(reverse: &Replink, servername: &str, cert: Option<(&str, &str)>, ca: &str) -> String {
-    let connect = reverse.addr.to_string();
-    let mut args = vec![
-        "s_client",
-        "-connect",
-        &connect,
-        "-servername",
+fn try_client(
+    reverse: &ReplinkProcess,
+    servername: &str,
+    cert: Option<(&Path, &Path)>,
+    ca: &Path,
+) -> CmdOutput {
+    let out = s_client(
+        reverse.addr(),
         servername,
-        "-CAfile",
         ca,
-        "-quiet",
-    ];
-    if let Some((c, k)) = cert {
-        args.extend(["-cert", c, "-key", k]);
-    }
-    let (_, stdout, stderr) = run("openssl", &args, Some(b"hello\n"), 20);
-    format!("{}{}", String::from_utf8_lossy(&stdout), stderr)
+        cert,
+        &["-quiet"],
+        Input::Bytes(b"hello\n"),
+        Duration::from_secs(20),
+    );
+    assert!(!out.timed_out(), "`{}` hung:\n{}", out.command, out.text());
+    eprintln!("--- {}:\n{}", out.command, out.text());
+    out
 }
 
-/// Each bad client is refused with the matching alert and one `refused` log line, while a
-/// transfer through the same reverse end completes intact.
+/// Reads until the peer closes; panics if it does not within `limit`.
+fn expect_closed(mut conn: TcpStream, limit: Duration, what: &str) -> usize {
+    conn.set_read_timeout(Some(limit)).expect("timeout");
+    let started = Instant::now();
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("{what}: still open after {:?}", started.elapsed())
+            }
+            // A reset is a close too.
+            Err(_) => return got,
+        }
+    }
+}
+
+/// Each bad client is refused with the matching TLS alert and exactly one `refused` line
+/// with the right reason, while a transfer through the same pair is in flight (paused half
+/// way through its upload) and completes intact afterwards.
 #[test]
-fn bad_clients_are_refused_and_others_carry_on() {
+fn bad_clients_are_refused_while_a_transfer_carries_on() {
     let pki = Pki::new();
     let server = StreamServer::start();
-    let (reverse, forward) = start_pair(&pki, server.addr, &PairOptions::default());
-    let addr = forward.addr;
-    let long = std::thread::spawn(move || transfer(addr, 77, 48 << 20, 48 << 20, false));
+    let (mut reverse, mut forward) = start_pair(&pki, server.addr(), &PairOptions::default());
+    let long = Transfer::new(run_seed() ^ 0x7e, 48 << 20, 48 << 20).compressible(true);
+    let (resume, paused) = std::sync::mpsc::channel();
+    let addr = forward.addr();
+    let long_thread = std::thread::spawn(move || run_transfer_paused(addr, long, 16 << 20, paused));
 
-    let p = &pki.pki;
+    let p = &pki.files;
     let x = &pki.extra;
-    let ca = s(&p.ca_pem);
-    let out = s_client(&reverse, ROUTE, None, ca);
+    let out = try_client(&reverse, ROUTE, None, &p.ca_pem);
     assert!(
-        out.contains("certificate required"),
-        "no client cert: {out}"
+        out.text().contains("certificate required"),
+        "no client certificate:\n{}",
+        out.text()
     );
-    let out = s_client(
+    let out = try_client(
         &reverse,
         ROUTE,
-        Some((s(&x.other_ca_client_cert), s(&x.other_ca_client_key))),
-        ca,
+        Some((&x.other_ca_client_cert, &x.other_ca_client_key)),
+        &p.ca_pem,
     );
-    assert!(out.contains("unknown ca"), "other CA: {out}");
-    let out = s_client(
+    assert!(
+        out.text().contains("unknown ca"),
+        "another CA's certificate:\n{}",
+        out.text()
+    );
+    let out = try_client(
         &reverse,
         ROUTE,
-        Some((s(&x.expired_client_cert), s(&x.expired_client_key))),
-        ca,
+        Some((&x.expired_client_cert, &x.expired_client_key)),
+        &p.ca_pem,
     );
-    assert!(out.contains("certificate expired"), "expired: {out}");
-    let out = s_client(
+    assert!(
+        out.text().contains("certificate expired"),
+        "expired certificate:\n{}",
+        out.text()
+    );
+    let out = try_client(
         &reverse,
         "nope.other.test",
-        Some((s(&p.client_cert), s(&p.client_key))),
-        ca,
+        Some((&p.client_cert, &p.client_key)),
+        &p.ca_pem,
     );
-    assert!(out.contains("unrecognized name"), "unknown SNI: {out}");
-
-    // Garbage: the connection is closed, nothing else notices.
-    let mut g = TcpStream::connect(reverse.addr).unwrap();
-    let garbage: Vec<u8> = (0..10_240u32).map(|i| (i * 7 + 3) as u8).collect();
-    let _ = g.write_all(&garbage);
-    g.set_read_timeout(Some(patience())).unwrap();
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut g, &mut sink);
     assert!(
-        sink.len() < 16,
-        "garbage got a reply of {} bytes",
-        sink.len()
+        out.text().contains("unrecognized name"),
+        "unknown SNI:\n{}",
+        out.text()
+    );
+    // 10 KiB of garbage: closed, not answered with data.
+    let mut g = TcpStream::connect(reverse.addr()).expect("connect");
+    let garbage: Vec<u8> = (0..10_240u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let _ = g.write_all(&garbage);
+    let answered = expect_closed(g, Duration::from_secs(10), "garbage connection");
+    assert!(
+        answered <= 7,
+        "garbage got {answered} bytes back (an alert is at most 7)"
     );
 
-    long.join()
-        .unwrap()
-        .expect("the concurrent transfer survives");
-    check_upstream(&server, 77, 48 << 20, false).expect("upstream bytes intact");
-    eventually("refusals logged", || {
-        reverse.count(r#"refused.*reason="?no_client_cert"#) == 1
-            && reverse.count(r#"refused.*reason="?unknown_ca"#) == 1
-            && reverse.count(r#"refused.*reason="?cert_expired"#) == 1
-            && reverse.count(r#"refused.*reason="?unknown_sni"#) == 1
-            && reverse.count(r#"refused.*reason="?bad_client_hello"#) == 1
-    });
+    assert!(
+        !long_thread.is_finished(),
+        "the paused transfer ended early: {:?}",
+        long_thread.join().map(|r| verify_transfer(&server, &r))
+    );
+    for reason in [
+        "no_client_cert",
+        "unknown_ca",
+        "cert_expired",
+        "unknown_sni",
+        "bad_client_hello",
+    ] {
+        reverse.wait_count(&format!(r#"\brefused\b.*reason="?{reason}\b"#), 1);
+    }
+    assert_eq!(reverse.count(r"\brefused\b"), 5, "{}", reverse.log());
+
+    resume.send(()).expect("transfer waits");
+    let report = long_thread.join().expect("transfer thread");
+    verify_transfer(&server, &report).expect("the concurrent transfer is intact");
+    forward.wait_count(r#"closed.*reason="?done"#, 1);
+    reverse.wait_count(r#"closed.*reason="?done"#, 1);
+    assert_eq!(forward.count(r"\brefused\b"), 0, "{}", forward.log());
+    reverse.assert_running();
+    forward.assert_running();
 }
 
-/// A client that sends nothing is cut at the handshake timeout.
+/// A client that starts a handshake and goes silent is cut at the handshake timeout.
 #[test]
-fn silent_client_hits_handshake_timeout() {
+fn silent_client_hits_the_handshake_timeout() {
     let pki = Pki::new();
-    let server = StreamServer::start();
+    let echo = EchoServer::start();
     let opts = PairOptions {
         extra_reverse: strings(&["--handshake-timeout", "1s"]),
         ..PairOptions::default()
     };
-    let reverse = start_reverse(&pki, &[(ROUTE, server.addr)], &opts);
-    let mut c = TcpStream::connect(reverse.addr).unwrap();
-    c.write_all(&[0x16, 3, 1]).unwrap();
-    c.set_read_timeout(Some(patience())).unwrap();
-    let started = std::time::Instant::now();
-    let mut buf = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut c, &mut buf);
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    eventually("timeout logged", || {
-        reverse.count(r#"refused.*reason="?handshake_timeout"#) == 1
-    });
+    let mut reverse = start_reverse(&pki, &[(ROUTE, echo.addr())], &opts);
+    let mut c = TcpStream::connect(reverse.addr()).expect("connect");
+    c.write_all(&[0x16, 3, 1]).expect("send a record header");
+    let started = Instant::now();
+    expect_closed(c, Duration::from_secs(10), "silent client");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "closed after {took:?}, want ~1s"
+    );
+    reverse.wait_count(r#"\brefused\b.*reason="?handshake_timeout\b"#, 1);
+    reverse.assert_running();
+}
+
+fn reverse_args(pki: &Pki, cert: &Path, key: Option<&Path>) -> Vec<String> {
+    let mut args = strings(&[
+        "reverse-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        "pg.repl.test=127.0.0.1:1",
+        "--cert",
+        s(cert),
+        "--ca",
+        s(&pki.files.ca_pem),
+    ]);
+    if let Some(key) = key {
+        args.extend(strings(&["--key", s(key)]));
+    }
+    args
+}
+
+fn copy_with_mode(from: &Path, to: &Path, mode: u32) {
+    std::fs::copy(from, to).expect("copy");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A private key readable by others stops the process, naming the file and the fix.
+#[test]
+fn world_readable_key_is_refused_with_the_fix() {
+    let pki = Pki::new();
+    let key = pki.dir().join("loose-server.key");
+    copy_with_mode(&pki.files.server_key, &key, 0o644);
+    let (_, err) =
+        run_replink_expect_failure(&reverse_args(&pki, &pki.files.server_cert, Some(&key)));
+    assert!(
+        err.contains("loose-server.key") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // The same for a combined key+cert file used without --key.
+    let combined = pki.dir().join("loose-combined.pem");
+    copy_with_mode(&pki.extra.combined_client_pem, &combined, 0o644);
+    let args = strings(&[
+        "forward-proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "127.0.0.1:1",
+        "--sni",
+        ROUTE,
+        "--cert",
+        s(&combined),
+        "--ca",
+        s(&pki.files.ca_pem),
+    ]);
+    let (_, err) = run_replink_expect_failure(&args);
+    assert!(
+        err.contains("loose-combined.pem") && err.contains("chmod 600"),
+        "{err}"
+    );
+    // With mode 0600 the same file is accepted (the failure above was the mode).
+    std::fs::set_permissions(&combined, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut ok = ReplinkProcess::spawn(&args);
+    ok.assert_running();
+}
+
+/// Missing and wrong files are named in the error.
+#[test]
+fn missing_and_wrong_files_are_named() {
+    let pki = Pki::new();
+    let missing = pki.dir().join("no-such-dir").join("server.pem");
+    let (_, err) =
+        run_replink_expect_failure(&reverse_args(&pki, &missing, Some(&pki.files.server_key)));
+    assert!(err.contains(s(&missing)), "{err}");
+
+    let missing_key = pki.dir().join("absent.key");
+    let (_, err) = run_replink_expect_failure(&reverse_args(
+        &pki,
+        &pki.files.server_cert,
+        Some(&missing_key),
+    ));
+    assert!(err.contains(s(&missing_key)), "{err}");
+
+    // A key that does not belong to the certificate.
+    let (_, err) = run_replink_expect_failure(&reverse_args(
+        &pki,
+        &pki.files.server_cert,
+        Some(&pki.files.client_key),
+    ));
+    assert!(
+        err.contains("client.key") && err.contains("does not match"),
+        "{err}"
+    );
+    // A certificate file with no certificate in it.
+    let (_, err) = run_replink_expect_failure(&reverse_args(
+        &pki,
+        &pki.files.server_key,
+        Some(&pki.files.server_key),
+    ));
+    assert!(err.contains("no CERTIFICATE"), "{err}");
+}
+
+/// Malformed flags are explained.
+#[test]
+fn bad_flags_are_explained() {
+    let pki = Pki::new();
+    let mut args = reverse_args(&pki, &pki.files.server_cert, Some(&pki.files.server_key));
+    args[4] = "not-a-route".into();
+    let (_, err) = run_replink_expect_failure(&args);
+    assert!(
+        err.contains("not-a-route") && err.contains("SNI=HOST:PORT"),
+        "{err}"
+    );
+    let mut args = reverse_args(&pki, &pki.files.server_cert, Some(&pki.files.server_key));
+    args.extend(strings(&["--zstd-level", "99"]));
+    let (_, err) = run_replink_expect_failure(&args);
+    assert!(err.contains("--zstd-level 99"), "{err}");
 }

@@ -1,0 +1,77 @@
+//! Finding (and building) the `replink` binary under test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Variables that `cargo test` sets for the test binary and that would leak into a nested
+/// `cargo build`. Build scripts (ring's) declare `rerun-if-env-changed` on some of them, so
+/// inheriting them would rebuild those crates on every run, and again on the next plain
+/// `cargo build`.
+fn is_per_crate_cargo_var(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
+}
+
+/// The `replink` binary of this checkout: `cargo build -p replink --bin replink` (debug, the
+/// tests' profile) runs once per test process, then `<target>/debug/replink`.
+pub fn replink_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target = target_dir();
+        let mut cmd = Command::new(&cargo);
+        cmd.args(["build", "-p", "replink", "--bin", "replink", "--target-dir"])
+            .arg(&target)
+            .current_dir(workspace_root());
+        for (name, _) in std::env::vars_os() {
+            if let Some(name) = name.to_str() {
+                if is_per_crate_cargo_var(name) {
+                    cmd.env_remove(name);
+                }
+            }
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+        assert!(
+            out.status.success(),
+            "`cargo build -p replink` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = target.join("debug").join("replink");
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+}

@@ -1,0 +1,107 @@
+//! Resets propagate as resets, in both directions: a connection that dies must not look like
+//! one that ended cleanly (a replica must not take a cut WAL stream for a complete one).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::Duration;
+
+use replink_tests::*;
+
+/// Closes `s` with an RST (SO_LINGER 0).
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(s);
+}
+
+/// The client resets half way through its upload: the upstream sees a reset (a read error),
+/// not a clean EOF; both ends log the connection as failed.
+#[test]
+fn client_reset_reaches_the_upstream_as_a_reset() {
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    let (mut reverse, mut forward) = start_pair(&pki, server.addr(), &PairOptions::default());
+    let t = Transfer::new(run_seed() ^ 0x4e5e7, 1 << 30, 0);
+    let mut c = TcpStream::connect(forward.addr()).expect("connect");
+    c.write_all(&t.header()).expect("header");
+    let mut g = Gen::new(t.seed, false);
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..4 {
+        g.fill(&mut buf);
+        c.write_all(&buf).expect("send");
+    }
+    // Let the bytes reach the upstream before the reset overtakes them.
+    std::thread::sleep(Duration::from_millis(300));
+    reset(c);
+    let rec = server
+        .record(t.seed, patience())
+        .expect("the upstream connection ends");
+    assert!(
+        rec.read_error.is_some() && !rec.eof_after,
+        "upstream saw a clean end instead of a reset: {rec:?}"
+    );
+    assert!(rec.first_mismatch.is_none(), "{rec:?}");
+    for p in [&forward, &reverse] {
+        p.wait_count(r"\bclosed\b", 1);
+        assert_eq!(
+            p.count(r#"\bclosed\b.*reason="?done"#),
+            0,
+            "a reset logged as a clean close by `{}`:\n{}",
+            p.command_line(),
+            p.log()
+        );
+    }
+    reverse.assert_running();
+    forward.assert_running();
+}
+
+/// The upstream resets after sending some bytes: the client of the forward end gets the error
+/// (ECONNRESET), not a clean EOF.
+#[test]
+fn upstream_reset_reaches_the_client_as_a_reset() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream_addr = listener.local_addr().expect("addr");
+    let upstream = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut hello = [0u8; 5];
+        conn.read_exact(&mut hello).expect("client's bytes");
+        conn.write_all(b"partial answer").expect("answer");
+        std::thread::sleep(Duration::from_millis(300));
+        reset(conn);
+    });
+    let (mut reverse, mut forward) = start_pair(&pki, upstream_addr, &PairOptions::default());
+    let mut c = TcpStream::connect(forward.addr()).expect("connect");
+    c.set_read_timeout(Some(patience())).expect("timeout");
+    c.write_all(b"hello").expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    upstream.join().expect("upstream thread");
+    match end {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!(
+            "client saw {other:?} after {:?}, want a reset",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+    assert!(
+        b"partial answer".starts_with(&got),
+        "bytes before the reset: {got:?}"
+    );
+    let _ = c.shutdown(Shutdown::Both);
+    for p in [&forward, &reverse] {
+        p.wait_count(r"\bclosed\b", 1);
+        assert_eq!(p.count(r#"\bclosed\b.*reason="?done"#), 0, "{}", p.log());
+    }
+    reverse.assert_running();
+    forward.assert_running();
+}

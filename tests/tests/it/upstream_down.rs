@@ -1,0 +1,87 @@
+//! A route whose upstream is down.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use replink_tests::*;
+
+/// A route to a closed port: each client of the forward end is closed at once (EOF or reset,
+/// not left hanging), the reverse end logs `upstream_connect_failed` for the route, and a
+/// transfer on a live route through the same reverse end carries on.
+#[test]
+fn closed_upstream_port_closes_the_client_quickly() {
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let opts = PairOptions::default();
+    let mut reverse = start_reverse(
+        &pki,
+        &[("dead.repl.test", dead), (ROUTE, server.addr())],
+        &opts,
+    );
+    let mut dead_fwd = start_forward(&pki, reverse.addr(), "dead.repl.test", &opts);
+    let live_fwd = start_forward(&pki, reverse.addr(), ROUTE, &opts);
+
+    let live = Transfer::new(run_seed() ^ 0xdead, 24 << 20, 24 << 20).compressible(true);
+    let (resume, paused) = std::sync::mpsc::channel();
+    let addr = live_fwd.addr();
+    let live_thread = std::thread::spawn(move || run_transfer_paused(addr, live, 8 << 20, paused));
+
+    const ATTEMPTS: usize = 3;
+    for i in 0..ATTEMPTS {
+        let started = Instant::now();
+        let mut c = TcpStream::connect(dead_fwd.addr()).expect("the forward end accepts");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = c.write_all(b"*1\r\n$4\r\nPING\r\n");
+        let mut buf = [0u8; 1024];
+        let outcome = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break "EOF".to_string(),
+                Ok(n) => panic!("attempt {i}: {n} bytes from a route with no upstream"),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!(
+                        "attempt {i}: client left hanging for {:?}",
+                        started.elapsed()
+                    )
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break format!("{e}"),
+            }
+        };
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "attempt {i}: closed ({outcome}) only after {took:?}"
+        );
+    }
+    reverse.wait_count(
+        r#"route="?dead\.repl\.test"?\s.*reason="?upstream_connect_failed\b"#,
+        ATTEMPTS,
+    );
+    assert!(
+        !live_thread.is_finished(),
+        "the live transfer ended early: {:?}",
+        live_thread.join().map(|r| verify_transfer(&server, &r))
+    );
+    resume.send(()).expect("transfer waits");
+    let report = live_thread.join().expect("transfer thread");
+    verify_transfer(&server, &report).expect("the live route carries on");
+    reverse.wait_count(r#"closed.*route="?pg\.repl\.test"?\s.*reason="?done"#, 1);
+
+    // Once the upstream is up, the same route works.
+    let listener = std::net::TcpListener::bind(dead).expect("the dead port is free again");
+    let upstream = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.write_all(b"up now").expect("greet");
+    });
+    let mut c = TcpStream::connect(dead_fwd.addr()).expect("connect");
+    c.set_read_timeout(Some(patience())).expect("timeout");
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("read");
+    assert_eq!(got, b"up now");
+    upstream.join().expect("upstream thread");
+    reverse.assert_running();
+    dead_fwd.assert_running();
+}
