@@ -47,11 +47,26 @@ fn workspace() -> PathBuf {
 
 fn build_replink() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args(["build", "--release", "-p", "replink"])
-        .current_dir(workspace())
-        .status()?
-        .success();
+        .current_dir(workspace());
+    // `cargo run` gives this process the bench crate's own CARGO_PKG_*/CARGO_MANIFEST_*
+    // variables; passed on, they would make ring's build script rerun (it watches some).
+    for (name, _) in std::env::vars() {
+        let per_crate = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p));
+        if per_crate || name == "CARGO_PRIMARY_PACKAGE" || name == "OUT_DIR" {
+            build.env_remove(name);
+        }
+    }
+    let ok = build.status()?.success();
     if !ok {
         bail!("building replink failed");
     }
@@ -223,24 +238,70 @@ fn main() -> Result<()> {
     }
     drop(pairs);
 
-    println!("\n== redis PING through each tunnel (redis-benchmark, PING_MBULK)");
+    println!(
+        "\n== redis PING through each tunnel (redis-benchmark, PING_MBULK), median of {}",
+        args.repeat
+    );
     let redis = load::redis()?;
     let n_ping = if args.quick { 10_000 } else { 50_000 };
-    let d1 = load::ping(redis.1, 1, n_ping)?;
-    let d50 = load::ping(redis.1, 50, n_ping * 2)?;
-    report.add("PING c=1 p50", "direct", d1.p50_us, "µs");
-    report.add("PING c=1 p99", "direct", d1.p99_us, "µs");
-    report.add("PING c=50", "direct", d50.rps, "req/s");
-    for k in &tunnels {
-        let pair = tunnel::start(*k, &certs, &replink, redis.1, &format!("ping-{}", k.name()))?;
-        let _ = load::ping(pair.listen, 1, 2000)?; // warm-up
-        let p1 = load::ping(pair.listen, 1, n_ping)?;
-        let p50 = load::ping(pair.listen, 50, n_ping * 2)?;
-        report.add("PING c=1 p50", &k.name(), p1.p50_us, "µs");
-        report.add("PING c=1 p50 added", &k.name(), p1.p50_us - d1.p50_us, "µs");
-        report.add("PING c=1 p99", &k.name(), p1.p99_us, "µs");
-        report.add("PING c=50", &k.name(), p50.rps, "req/s");
+    let pairs: Vec<_> = tunnels
+        .iter()
+        .map(|k| tunnel::start(*k, &certs, &replink, redis.1, &format!("ping-{}", k.name())))
+        .collect::<Result<_>>()?;
+    // (name, address): direct first, then each tunnel; every repetition visits all of them
+    // in turn so that noise from the shared machine spreads over all.
+    let targets: Vec<(String, std::net::SocketAddr)> = std::iter::once(("direct".into(), redis.1))
+        .chain(
+            tunnels
+                .iter()
+                .zip(&pairs)
+                .map(|(k, p)| (k.name(), p.listen)),
+        )
+        .collect();
+    for (_, addr) in &targets {
+        let _ = load::ping(*addr, 1, 2000)?; // warm-up
     }
+    let mut runs: BTreeMap<String, Vec<load::PingFigures>> = BTreeMap::new();
+    for _ in 0..args.repeat {
+        for (name, addr) in &targets {
+            runs.entry(name.clone())
+                .or_default()
+                .push(load::ping(*addr, 1, n_ping)?);
+        }
+    }
+    let med = |name: &str, f: fn(&load::PingFigures) -> f64| {
+        measure::median(
+            runs.get(name)
+                .map_or_else(Vec::new, |v| v.iter().map(f).collect()),
+        )
+    };
+    let (d_p50, d_mean) = (med("direct", |f| f.p50_us), med("direct", |f| f.mean_us));
+    for (name, addr) in &targets {
+        report.add("PING c=1 p50", name, med(name, |f| f.p50_us), "µs");
+        report.add("PING c=1 mean", name, med(name, |f| f.mean_us), "µs");
+        report.add("PING c=1 p99", name, med(name, |f| f.p99_us), "µs");
+        if name != "direct" {
+            report.add(
+                "PING c=1 p50 added",
+                name,
+                med(name, |f| f.p50_us) - d_p50,
+                "µs",
+            );
+            report.add(
+                "PING c=1 mean added",
+                name,
+                med(name, |f| f.mean_us) - d_mean,
+                "µs",
+            );
+        }
+        report.add(
+            "PING c=50",
+            name,
+            load::ping(*addr, 50, n_ping * 2)?.rps,
+            "req/s",
+        );
+    }
+    drop(pairs);
     drop(redis);
 
     println!(
@@ -295,6 +356,7 @@ fn main() -> Result<()> {
         "bulk CPU-s/GiB both ends",
         "bulk MB/s",
         "PING c=1 p50 added",
+        "PING c=1 mean added",
         "PING c=50",
         "idle KiB/conn forward",
         "idle KiB/conn reverse",
