@@ -5,17 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v openssl >/dev/null || need+=(openssl)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-cli >/dev/null || need+=(redis-tools)
-if ((${#need[@]})); then
-    echo "test.sh: installing ${need[*]}" >&2
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. scripts/debian-deps.sh
+need_debian openssl openssl redis-server redis-server redis-cli redis-tools
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

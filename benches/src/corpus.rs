@@ -234,3 +234,110 @@ pub fn zstd_codec(corpus: &[u8], level: i32) -> Result<(f64, u64)> {
     let gib = (1u64 << 30) as f64;
     Ok((gib / (c * 1e6) + gib / (d * 1e6), size))
 }
+
+/// CPU-s/GiB of the zstd CLI streaming the same bytes: `zstd -N | zstd -d` fed `total` bytes of
+/// the corpus through a pipe, timed with the shell's `times` (user+system of both). Unlike
+/// `zstd -b` (speed of one thread, in memory), this counts CPU the way the tunnels' figures do,
+/// so it can sit in the same rotation and see the same noise.
+pub fn zstd_stream_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> {
+    let lvl = if level < 0 {
+        format!("--fast={}", -level)
+    } else {
+        format!("-{level}")
+    };
+    let script = format!("zstd -q -c {lvl} | zstd -q -d -c >/dev/null; times");
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running zstd (Debian package zstd)")?;
+    let mut stdin = child.stdin.take().context("zstd stdin")?;
+    crate::load::write_repeated(&mut stdin, corpus, total)?;
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `times`: the shell's own user/system on line 1, its children's on line 2 ("0m1.23s 0m0.45s").
+    let children = text
+        .lines()
+        .nth(1)
+        .with_context(|| format!("no `times` output: {text}"))?;
+    let re = regex::Regex::new(r"(\d+)m([\d.]+)s").context("regex")?;
+    let secs: f64 = re
+        .captures_iter(children)
+        .filter_map(|c| Some(c[1].parse::<f64>().ok()? * 60.0 + c[2].parse::<f64>().ok()?))
+        .sum();
+    Ok(secs / (total as f64 / (1u64 << 30) as f64))
+}
+
+/// user+system seconds of the calling thread.
+fn thread_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
+}
+
+/// CPU-s/GiB of zstd as replink drives it, in this process: the same library build, level,
+/// 2 MiB window and a frame per 2 MiB of input, streamed in 256 KiB pieces, then streamed
+/// back through a decoder. This is the codec's share of a replink pair; the rest is the tunnel.
+pub fn zstd_inprocess_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> {
+    use zstd_safe::{
+        zstd_sys::ZSTD_EndDirective as D, CCtx, CParameter, DCtx, InBuffer, OutBuffer,
+    };
+    let err = |e: usize| anyhow::anyhow!("zstd: {}", zstd_safe::get_error_name(e));
+    const FRAME: usize = 2 << 20;
+    const PIECE: usize = 256 << 10;
+    let before = thread_cpu_seconds()?;
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(err)?;
+    cctx.set_parameter(CParameter::WindowLog(21)).map_err(err)?;
+    let mut dctx = DCtx::create();
+    let mut wire = vec![0u8; PIECE + (64 << 10)];
+    let mut plain = vec![0u8; PIECE];
+    let (mut done, mut pos, mut in_frame, mut check) = (0u64, 0usize, 0usize, 0u64);
+    while done < total {
+        let n = PIECE
+            .min(corpus.len() - pos)
+            .min((total - done) as usize)
+            .min(FRAME - in_frame);
+        let mut src = InBuffer::around(&corpus[pos..pos + n]);
+        let end = in_frame + n == FRAME || done + n as u64 == total;
+        loop {
+            let mut out = OutBuffer::around(&mut wire[..]);
+            let left = if end {
+                cctx.compress_stream2(&mut out, &mut src, D::ZSTD_e_end)
+            } else {
+                cctx.compress_stream2(&mut out, &mut src, D::ZSTD_e_continue)
+            }
+            .map_err(err)?;
+            let produced = out.pos();
+            // Decode what was produced, as the far end would.
+            let mut zin = InBuffer::around(&wire[..produced]);
+            loop {
+                let mut pout = OutBuffer::around(&mut plain[..]);
+                dctx.decompress_stream(&mut pout, &mut zin).map_err(err)?;
+                let full = pout.pos() == PIECE;
+                check += pout.pos() as u64;
+                // A full output buffer may leave decoded bytes inside the decoder: call again.
+                if zin.pos() == produced && !full {
+                    break;
+                }
+            }
+            if src.pos() == n && (!end || left == 0) {
+                break;
+            }
+        }
+        in_frame = if end { 0 } else { in_frame + n };
+        pos = (pos + n) % corpus.len();
+        done += n as u64;
+    }
+    let used = thread_cpu_seconds()? - before;
+    // Every frame was ended and the decoder drained, so every byte must have come out.
+    if check != total {
+        anyhow::bail!("in-process zstd round trip gave {check} bytes for {total}");
+    }
+    Ok(used / (total as f64 / (1u64 << 30) as f64))
+}

@@ -24,21 +24,27 @@ pub fn sink() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Sends `total` bytes (the corpus, repeated) with 256 KiB writes, half-closes, waits for EOF.
-/// Returns the seconds it took.
-pub fn bulk(addr: SocketAddr, corpus: &[u8], total: u64) -> Result<f64> {
-    let start = Instant::now();
-    let mut c = TcpStream::connect(addr)?;
+/// Writes `total` bytes, the corpus repeated, in writes of at most 256 KiB.
+pub fn write_repeated(w: &mut impl Write, corpus: &[u8], total: u64) -> std::io::Result<()> {
     let mut sent = 0u64;
     let mut pos = 0usize;
     while sent < total {
         let n = (256 * 1024)
             .min(corpus.len() - pos)
             .min((total - sent) as usize);
-        c.write_all(&corpus[pos..pos + n])?;
+        w.write_all(&corpus[pos..pos + n])?;
         pos = (pos + n) % corpus.len();
         sent += n as u64;
     }
+    Ok(())
+}
+
+/// Sends `total` bytes (the corpus, repeated) with 256 KiB writes, half-closes, waits for EOF.
+/// Returns the seconds it took.
+pub fn bulk(addr: SocketAddr, corpus: &[u8], total: u64) -> Result<f64> {
+    let start = Instant::now();
+    let mut c = TcpStream::connect(addr)?;
+    write_repeated(&mut c, corpus, total)?;
     c.shutdown(Shutdown::Write)?;
     let mut rest = [0u8; 64];
     c.set_read_timeout(Some(Duration::from_secs(60)))?;

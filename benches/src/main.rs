@@ -103,7 +103,7 @@ struct Report {
 
 impl Report {
     fn add(&mut self, section: &str, tunnel: &str, value: f64, unit: &str) {
-        println!("  {section:<28} {tunnel:<16} {value:>10.2} {unit}");
+        println!("  {section:<33} {tunnel:<16} {value:>10.2} {unit}");
         self.rows
             .push((section.into(), tunnel.into(), value, unit.into()));
     }
@@ -176,6 +176,8 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut cpu: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut mbs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut stream: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut inproc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for pair in &pairs {
         load::bulk(pair.listen, &corpus.bytes, total.min(256 << 20))?; // warm-up
     }
@@ -190,6 +192,13 @@ fn main() -> Result<()> {
             mbs.entry(k.name())
                 .or_default()
                 .push(total as f64 / secs / 1e6);
+            if let Kind::Replink { zstd: Some(level) } = k {
+                // The zstd CLI on the same bytes, in the same rotation, counted the same way.
+                let c = corpus::zstd_stream_cpu(&corpus.bytes, *level, total)?;
+                stream.entry(k.name()).or_default().push(c);
+                let c = corpus::zstd_inprocess_cpu(&corpus.bytes, *level, total)?;
+                inproc.entry(k.name()).or_default().push(c);
+            }
         }
     }
     for k in &tunnels {
@@ -232,6 +241,22 @@ fn main() -> Result<()> {
                 "CPU-s/GiB beyond codec",
                 &k.name(),
                 ours - codec,
+                "CPU-s/GiB",
+            );
+            let lib = measure::median(inproc.get(&k.name()).cloned().unwrap_or_default());
+            report.add("zstd in-process CPU-s/GiB", &k.name(), lib, "CPU-s/GiB");
+            report.add(
+                "CPU-s/GiB beyond in-process zstd",
+                &k.name(),
+                ours - lib,
+                "CPU-s/GiB",
+            );
+            let piped = measure::median(stream.get(&k.name()).cloned().unwrap_or_default());
+            report.add("zstd|zstd -d CPU-s/GiB", &k.name(), piped, "CPU-s/GiB");
+            report.add(
+                "CPU-s/GiB beyond zstd|zstd -d",
+                &k.name(),
+                ours - piped,
                 "CPU-s/GiB",
             );
         }
@@ -366,7 +391,7 @@ fn main() -> Result<()> {
         };
         for k in &tunnels[..3] {
             if let Some(v) = report.get(section, &k.name()) {
-                println!("  {section:<28} {:<16} {:>6.2}x haproxy", k.name(), v / h);
+                println!("  {section:<33} {:<16} {:>6.2}x haproxy", k.name(), v / h);
             }
         }
     }
