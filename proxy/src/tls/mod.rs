@@ -234,6 +234,13 @@ pub fn refusal_reason(e: &rustls::Error) -> &'static str {
         E::InvalidCertificate(_) => "bad_cert",
         E::AlertReceived(_) => "peer_alert",
         E::NoApplicationProtocol => "no_alpn",
+        E::PeerIncompatible(
+            rustls::PeerIncompatible::SupportedVersionsExtensionRequired
+            | rustls::PeerIncompatible::Tls12NotOffered
+            | rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
+            | rustls::PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | rustls::PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+        ) => "protocol_version",
         E::PeerIncompatible(_) => "incompatible",
         _ => "protocol",
     }

@@ -95,7 +95,7 @@ fn s_client_tls12_only_with_flag() {
         "TLS 1.2 must be refused by default:\n{}",
         out.text()
     );
-    strict.wait_count(r"\brefused\b", 1);
+    strict.wait_count(r#"\brefused\b.*reason="?protocol_version\b"#, 1);
 
     let opts = PairOptions {
         extra_reverse: strings(&["--tls12"]),
