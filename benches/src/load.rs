@@ -52,7 +52,7 @@ pub fn bulk(addr: SocketAddr, corpus: &[u8], total: u64) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// An upstream that keeps every connection, echoes small messages, and counts them.
+/// An upstream that keeps every connection, answers its first message, and counts them.
 pub struct Holder {
     pub addr: SocketAddr,
     pub held: Arc<Mutex<Vec<TcpStream>>>,
@@ -66,6 +66,18 @@ pub fn holder() -> Result<Holder> {
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(c) = c else { return };
+            // Each connection answers its own first request, so a connection that closes
+            // early (a warm-up one) cannot leave another unanswered.
+            if let Ok(mut answerer) = c.try_clone() {
+                let _ = std::thread::Builder::new()
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let mut b = [0u8; 256];
+                        if matches!(answerer.read(&mut b), Ok(n) if n > 0) {
+                            let _ = answerer.write_all(b"ok, and a small answer");
+                        }
+                    });
+            }
             if let Ok(mut v) = h.lock() {
                 v.push(c);
             }
@@ -92,13 +104,6 @@ pub fn open_idle(listen: SocketAddr, holder: &Holder, n: usize) -> Result<Vec<Tc
     }
     for c in &mut clients {
         c.write_all(b"SELECT 1; -- a small request on an idle link")?;
-    }
-    if let Ok(mut v) = holder.held.lock() {
-        for u in v.iter_mut() {
-            let mut b = [0u8; 256];
-            let _ = u.read(&mut b);
-            u.write_all(b"ok, and a small answer")?;
-        }
     }
     for c in &mut clients {
         let mut b = [0u8; 256];

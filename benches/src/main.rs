@@ -155,6 +155,7 @@ fn main() -> Result<()> {
         Kind::Replink { zstd: Some(1) },
         Kind::Replink { zstd: Some(-5) },
         Kind::Haproxy,
+        Kind::Nginx,
     ];
     let total = (args.gib * (1u64 << 30) as f64) as u64;
     let gib = total as f64 / (1u64 << 30) as f64;
@@ -366,7 +367,7 @@ fn main() -> Result<()> {
         drop(conns);
     }
 
-    println!("\n== ratios replink/haproxy (lower is better for CPU, latency, memory)");
+    println!("\n== ratios replink/peer (lower is better for CPU, latency, memory)");
     let mut json = String::new();
     let _ = write!(
         json,
@@ -386,12 +387,14 @@ fn main() -> Result<()> {
         "idle KiB/conn forward",
         "idle KiB/conn reverse",
     ] {
-        let Some(h) = report.get(section, "haproxy") else {
-            continue;
-        };
-        for k in &tunnels[..3] {
-            if let Some(v) = report.get(section, &k.name()) {
-                println!("  {section:<33} {:<16} {:>6.2}x haproxy", k.name(), v / h);
+        for peer in ["haproxy", "nginx"] {
+            let Some(h) = report.get(section, peer) else {
+                continue;
+            };
+            for k in &tunnels[..3] {
+                if let Some(v) = report.get(section, &k.name()) {
+                    println!("  {section:<33} {:<16} {:>6.2}x {peer}", k.name(), v / h);
+                }
             }
         }
     }

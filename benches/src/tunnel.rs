@@ -1,4 +1,4 @@
-//! Starting the tunnels under test: two processes each (forward end, reverse end) on loopback,
+//! Starting the tunnels under test (replink, HAProxy, nginx stream): two processes each (forward end, reverse end) on loopback,
 //! with the same certificates (ECDSA P-256, TLS 1.3, AES-128-GCM) and one core's worth of
 //! threads per end.
 
@@ -16,6 +16,7 @@ pub const SNI: &str = "bench.repl.test";
 pub enum Kind {
     Replink { zstd: Option<i32> },
     Haproxy,
+    Nginx,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
             Kind::Replink { zstd: None } => "replink-off".into(),
             Kind::Replink { zstd: Some(l) } => format!("replink-zstd{l}"),
             Kind::Haproxy => "haproxy".into(),
+            Kind::Nginx => "nginx".into(),
         }
     }
 }
@@ -203,6 +205,50 @@ pub fn start(
             let forward = spawn(
                 haproxy,
                 &["-db".into(), "-f".into(), s(&fwd_path)],
+                certs.dir.join(format!("{tag}-forward.log")),
+            )?;
+            (reverse, forward)
+        }
+        Kind::Nginx => {
+            // One process per end (master_process off), so its CPU is all in that pid.
+            let head = |end: &str| {
+                format!(
+                    "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\nmaster_process off;\ndaemon off;\nerror_log stderr warn;\npid {};\nevents {{ worker_connections 8192; }}\n",
+                    certs.dir.join(format!("{tag}-{end}.pid")).display()
+                )
+            };
+            let rev_cfg = format!(
+                "{}stream {{\n server {{\n  listen {rev_addr} ssl;\n  ssl_certificate {};\n  ssl_certificate_key {};\n  ssl_protocols TLSv1.3;\n  ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;\n  ssl_verify_client on;\n  ssl_client_certificate {};\n  proxy_pass {upstream};\n  proxy_timeout 1h;\n }}\n}}\n",
+                head("reverse"), s(&p.server_cert), s(&p.server_key), s(&p.ca_pem)
+            );
+            let fwd_cfg = format!(
+                "{}stream {{\n server {{\n  listen {fwd_addr};\n  proxy_pass {rev_addr};\n  proxy_timeout 1h;\n  proxy_ssl on;\n  proxy_ssl_protocols TLSv1.3;\n  proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;\n  proxy_ssl_certificate {};\n  proxy_ssl_certificate_key {};\n  proxy_ssl_trusted_certificate {};\n  proxy_ssl_verify on;\n  proxy_ssl_name {SNI};\n  proxy_ssl_server_name on;\n  proxy_ssl_session_reuse on;\n }}\n}}\n",
+                head("forward"), s(&p.client_cert), s(&p.client_key), s(&p.ca_pem)
+            );
+            let rev_path = certs.dir.join(format!("{tag}-reverse.nginx.conf"));
+            let fwd_path = certs.dir.join(format!("{tag}-forward.nginx.conf"));
+            std::fs::write(&rev_path, rev_cfg)?;
+            std::fs::write(&fwd_path, fwd_cfg)?;
+            let nginx = Path::new("nginx");
+            let args = |cfg: &Path| -> Vec<String> {
+                vec![
+                    "-e".into(),
+                    "stderr".into(),
+                    "-p".into(),
+                    s(&certs.dir),
+                    "-c".into(),
+                    s(cfg),
+                ]
+            };
+            let reverse = spawn(
+                nginx,
+                &args(&rev_path),
+                certs.dir.join(format!("{tag}-reverse.log")),
+            )?;
+            wait_port(rev_addr).with_context(|| reverse.log_text())?;
+            let forward = spawn(
+                nginx,
+                &args(&fwd_path),
                 certs.dir.join(format!("{tag}-forward.log")),
             )?;
             (reverse, forward)
