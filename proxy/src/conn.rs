@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use replink_ebpf::{parse_client_hello, HelloError, Parse};
-use rustls::AlertDescription;
+use rustls::{AlertDescription, ContentType};
 
 use crate::buffers::{read_more, SMALL};
 use crate::config::Target;
 use crate::relay::{relay, ConnError, RelayOptions, Traffic};
+use crate::tls::handshake::Established;
+use crate::tls::record::{self, Sealer};
 use crate::tls::{handshake, ALPN_ZSTD};
 use crate::worker::{ModeState, Shared};
 
@@ -125,6 +127,21 @@ async fn connect(
     })
 }
 
+/// A fatal alert sealed under the connection's keys, for a failure right after the handshake.
+async fn send_sealed_alert(sock: &mut TcpStream, est: Established, desc: AlertDescription) {
+    let Ok(mut sealer) = Sealer::new(est.version, est.tx.0, est.tx.1) else {
+        return;
+    };
+    let mut out = Vec::new();
+    let payload = record::alert_payload(true, desc);
+    if sealer
+        .seal_append(ContentType::Alert, &payload, &mut out)
+        .is_ok()
+    {
+        let _ = sock.write_all(out).await;
+    }
+}
+
 /// A plaintext TLS alert record, for refusals before any keys exist.
 async fn send_plain_alert(sock: &mut TcpStream, desc: AlertDescription) {
     let record = vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(desc)];
@@ -189,7 +206,16 @@ async fn reverse(
     info.peer_subject = est.peer_subject.clone();
     info.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
     info.established = true;
-    let upstream = connect(&route.target, shared.config.connect_timeout, shared).await?;
+    let upstream = match connect(&route.target, shared.config.connect_timeout, shared).await {
+        Ok(u) => u,
+        Err(e) => {
+            // Tell the client in TLS why it is being closed: a bare FIN after the handshake
+            // would read as a truncated stream. internal_error: a failure unrelated to the
+            // peer makes it impossible to continue (RFC 8446, 6.2).
+            send_sealed_alert(&mut client, est, AlertDescription::InternalError).await;
+            return Err(e);
+        }
+    };
     info.upstream = Some(route.target.spec.clone());
     let opts = RelayOptions {
         compress: if info.compressed {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use replink_tests::*;
 
 /// A route to a closed port: each client of the forward end is closed at once (EOF or reset,
-/// not left hanging), the reverse end logs `upstream_connect_failed` for the route, and a
+/// not left hanging), the reverse end logs `upstream_connect_failed` for the route and sends
+/// an internal_error alert that the forward end logs, and a
 /// transfer on a live route through the same reverse end carries on.
 #[test]
 fn closed_upstream_port_closes_the_client_quickly() {
@@ -60,6 +61,9 @@ fn closed_upstream_port_closes_the_client_quickly() {
         r#"route="?dead\.repl\.test"?\s.*reason="?upstream_connect_failed\b"#,
         ATTEMPTS,
     );
+    // The reverse end says why in TLS (a fatal internal_error alert, not a bare FIN that would
+    // read as truncation), and the forward end logs it.
+    dead_fwd.wait_count(r#"closed.*reason="?peer_alert\b.*InternalError"#, ATTEMPTS);
     assert!(
         !live_thread.is_finished(),
         "the live transfer ended early: {:?}",
