@@ -595,7 +595,10 @@ impl OpenPump<'_> {
                 let mut big = buffers::take_big();
                 big.extend_from_slice(&inbuf);
                 inbuf = big;
-            } else if n < SMALL / 2 && inbuf.capacity() >= BIG && inbuf.len() < SMALL / 2 {
+            } else if n < SMALL / 2 && inbuf.capacity() > SMALL && inbuf.len() < SMALL / 2 {
+                // Also catches the handshake's buffer, which grows past SMALL on the client
+                // side (the server's flight plus its tickets) and would otherwise stay with
+                // an idle link for good.
                 let mut small = Vec::with_capacity(SMALL);
                 small.extend_from_slice(&inbuf);
                 buffers::give_back(std::mem::replace(&mut inbuf, small));
