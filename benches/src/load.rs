@@ -201,3 +201,35 @@ pub fn ping(addr: SocketAddr, c: u32, n: u32) -> Result<PingFigures> {
         p99_us: f[5] * 1000.0,
     })
 }
+
+/// For `secs`, `threads` clients each loop: connect to `addr`, send a Redis PING, read the
+/// PONG, close. Returns how many such connections completed; any failure is an error.
+pub fn connections(addr: SocketAddr, secs: f64, threads: usize) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<u64> {
+                let mut made = 0u64;
+                while Instant::now() < deadline {
+                    let mut c = TcpStream::connect(addr).context("connect")?;
+                    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    c.write_all(b"PING\r\n")?;
+                    let mut got = [0u8; 7];
+                    c.read_exact(&mut got).context("reading +PONG")?;
+                    if &got != b"+PONG\r\n" {
+                        bail!("unexpected answer {:?}", String::from_utf8_lossy(&got));
+                    }
+                    made += 1;
+                }
+                Ok(made)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    Ok(total)
+}

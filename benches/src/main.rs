@@ -38,6 +38,9 @@ struct Args {
     json: PathBuf,
 }
 
+/// Client threads opening connections in the new-connection measurement.
+const CONN_THREADS: usize = 4;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -327,6 +330,33 @@ fn main() -> Result<()> {
             "req/s",
         );
     }
+
+    println!(
+        "\n== new connections: connect, PING, PONG, close, {} client threads (tunnels resume TLS sessions)",
+        CONN_THREADS
+    );
+    let conn_secs = if args.quick { 2.0 } else { 5.0 };
+    for (name, addr) in &targets {
+        let pids: Vec<u32> = tunnels
+            .iter()
+            .zip(&pairs)
+            .find(|(k, _)| k.name() == *name)
+            .map(|(_, p)| p.pids().to_vec())
+            .unwrap_or_default();
+        let before = measure::cpu_of(&pids)?;
+        let made = load::connections(*addr, conn_secs, CONN_THREADS)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let used = measure::cpu_of(&pids)? - before;
+        report.add("new conns/s", name, made as f64 / conn_secs, "conn/s");
+        if !pids.is_empty() {
+            report.add(
+                "CPU-ms per new conn both ends",
+                name,
+                used * 1000.0 / made.max(1) as f64,
+                "CPU-ms",
+            );
+        }
+    }
     drop(pairs);
     drop(redis);
 
@@ -384,6 +414,8 @@ fn main() -> Result<()> {
         "PING c=1 p50 added",
         "PING c=1 mean added",
         "PING c=50",
+        "new conns/s",
+        "CPU-ms per new conn both ends",
         "idle KiB/conn forward",
         "idle KiB/conn reverse",
     ] {

@@ -32,6 +32,7 @@ struct ConnInfo {
     route: Option<String>,
     peer_subject: Option<String>,
     compressed: bool,
+    resumed: bool,
     upstream: Option<String>,
     /// The TLS handshake completed (a failure after this is not a refusal).
     established: bool,
@@ -59,7 +60,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let upstream = info.upstream.as_deref().unwrap_or("-");
     match &result {
         Ok(()) => tracing::info!(
-            %peer, route, peer_cert = subject, upstream, zstd = info.compressed,
+            %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
@@ -68,7 +69,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             tracing::warn!(%peer, route, reason = e.reason(), error = %e, duration_ms = dur_ms, "refused")
         }
         Err(e) => tracing::warn!(
-            %peer, route, peer_cert = subject, upstream, zstd = info.compressed,
+            %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -205,6 +206,7 @@ async fn reverse(
     .await?;
     info.peer_subject = est.peer_subject.clone();
     info.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
+    info.resumed = est.resumed;
     info.established = true;
     let upstream = match connect(&route.target, shared.config.connect_timeout, shared).await {
         Ok(u) => u,
@@ -255,6 +257,7 @@ async fn forward(
     .await?;
     info.peer_subject = est.peer_subject.clone();
     info.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
+    info.resumed = est.resumed;
     info.established = true;
     let opts = RelayOptions {
         compress: if info.compressed { *compress } else { None },

@@ -26,6 +26,8 @@ pub struct Established {
     pub alpn: Option<Vec<u8>>,
     /// Subject of the peer's leaf certificate.
     pub peer_subject: Option<String>,
+    /// A TLS 1.3 session was resumed (no certificate exchange, cheaper for both ends).
+    pub resumed: bool,
     /// Received TLS bytes not yet consumed (a whole number of records, maybe a partial last one).
     pub leftover: Vec<u8>,
     /// Application data rustls already decrypted while finishing the handshake.
@@ -263,6 +265,7 @@ pub async fn accept(
     let mut conn = UnbufferedServerConnection::new(config).map_err(ConnError::Tls)?;
     let drove = drive(&mut conn, sock, incoming).await?;
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let peer_subject = conn
         .peer_certificates()
         .and_then(|c| c.first())
@@ -277,6 +280,7 @@ pub async fn accept(
         kernel: Kernel::Server(kernel),
         alpn,
         peer_subject,
+        resumed,
         leftover: drove.leftover,
         early_plaintext: drove.early_plaintext,
         peer_closed: drove.peer_closed,
@@ -292,6 +296,7 @@ pub async fn connect(
     let mut conn = UnbufferedClientConnection::new(config, server_name).map_err(ConnError::Tls)?;
     let drove = drive(&mut conn, sock, Vec::with_capacity(16 * 1024)).await?;
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let peer_subject = conn
         .peer_certificates()
         .and_then(|c| c.first())
@@ -306,6 +311,7 @@ pub async fn connect(
         kernel: Kernel::Client(kernel),
         alpn,
         peer_subject,
+        resumed,
         leftover: drove.leftover,
         early_plaintext: drove.early_plaintext,
         peer_closed: drove.peer_closed,

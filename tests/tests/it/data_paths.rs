@@ -199,3 +199,31 @@ fn off_io_uring() {
 fn off_epoll() {
     data_paths("off", "epoll", 4, true);
 }
+
+/// A client that reconnects resumes its TLS 1.3 session: the first connection through the pair
+/// is a full handshake, the ones after it resume (whichever worker accepts them), and both ends
+/// say so in their log lines.
+#[test]
+fn reconnects_resume_the_tls_session() {
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    let (reverse, forward) = start_pair(&pki, server.addr(), &PairOptions::default());
+    const ROUNDS: usize = 4;
+    for i in 0..ROUNDS {
+        let t = Transfer::new(run_seed() ^ (0x5e55 + i as u64), 1000, 1000);
+        let report = run_transfer(forward.addr(), t);
+        verify_transfer(&server, &report).expect("exact bytes both ways");
+        forward.wait_count(r#"closed.*reason="?done"#, i + 1);
+        reverse.wait_count(r#"closed.*reason="?done"#, i + 1);
+    }
+    let mut want = vec![Some("false".to_string())];
+    want.extend(std::iter::repeat_n(Some("true".to_string()), ROUNDS - 1));
+    for p in [&forward, &reverse] {
+        let got: Vec<Option<String>> = p
+            .conn_lines()
+            .iter()
+            .map(|l| l.get("resumed").map(str::to_owned))
+            .collect();
+        assert_eq!(got, want, "resumed= per connection:\n{}", p.log());
+    }
+}
