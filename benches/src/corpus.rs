@@ -270,30 +270,22 @@ pub fn zstd_stream_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> {
     Ok(secs / (total as f64 / (1u64 << 30) as f64))
 }
 
-/// user+system seconds of the calling thread.
-fn thread_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
-}
-
 /// CPU-s/GiB of zstd as replink drives it, in this process: the same library build, level,
-/// 2 MiB window and a frame per 2 MiB of input, streamed in 256 KiB pieces, then streamed
+/// window and input per frame (replink's own constants), streamed in 256 KiB pieces, then streamed
 /// back through a decoder. This is the codec's share of a replink pair; the rest is the tunnel.
 pub fn zstd_inprocess_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> {
     use zstd_safe::{
         zstd_sys::ZSTD_EndDirective as D, CCtx, CParameter, DCtx, InBuffer, OutBuffer,
     };
     let err = |e: usize| anyhow::anyhow!("zstd: {}", zstd_safe::get_error_name(e));
-    const FRAME: usize = 2 << 20;
+    const FRAME: usize = replink::ZSTD_FRAME_INPUT;
     const PIECE: usize = 256 << 10;
-    let before = thread_cpu_seconds()?;
+    let before = crate::measure::stat_cpu_seconds("/proc/thread-self/stat")?;
     let mut cctx = CCtx::create();
     cctx.set_parameter(CParameter::CompressionLevel(level))
         .map_err(err)?;
-    cctx.set_parameter(CParameter::WindowLog(21)).map_err(err)?;
+    cctx.set_parameter(CParameter::WindowLog(replink::ZSTD_WINDOW_LOG))
+        .map_err(err)?;
     let mut dctx = DCtx::create();
     let mut wire = vec![0u8; PIECE + (64 << 10)];
     let mut plain = vec![0u8; PIECE];
@@ -307,12 +299,14 @@ pub fn zstd_inprocess_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> 
         let end = in_frame + n == FRAME || done + n as u64 == total;
         loop {
             let mut out = OutBuffer::around(&mut wire[..]);
-            let left = if end {
-                cctx.compress_stream2(&mut out, &mut src, D::ZSTD_e_end)
+            let directive = if end {
+                D::ZSTD_e_end
             } else {
-                cctx.compress_stream2(&mut out, &mut src, D::ZSTD_e_continue)
-            }
-            .map_err(err)?;
+                D::ZSTD_e_continue
+            };
+            let left = cctx
+                .compress_stream2(&mut out, &mut src, directive)
+                .map_err(err)?;
             let produced = out.pos();
             // Decode what was produced, as the far end would.
             let mut zin = InBuffer::around(&wire[..produced]);
@@ -334,7 +328,7 @@ pub fn zstd_inprocess_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> 
         pos = (pos + n) % corpus.len();
         done += n as u64;
     }
-    let used = thread_cpu_seconds()? - before;
+    let used = crate::measure::stat_cpu_seconds("/proc/thread-self/stat")? - before;
     // Every frame was ended and the decoder drained, so every byte must have come out.
     if check != total {
         anyhow::bail!("in-process zstd round trip gave {check} bytes for {total}");

@@ -49,27 +49,9 @@ fn workspace() -> PathBuf {
 }
 
 fn build_replink() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--release", "-p", "replink"])
-        .current_dir(workspace());
-    // `cargo run` gives this process the bench crate's own CARGO_PKG_*/CARGO_MANIFEST_*
-    // variables; passed on, they would make ring's build script rerun (it watches some).
-    for (name, _) in std::env::vars() {
-        let per_crate = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_BIN_",
-            "CARGO_CRATE_",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p));
-        if per_crate || name == "CARGO_PRIMARY_PACKAGE" || name == "OUT_DIR" {
-            build.env_remove(name);
-        }
-    }
-    let ok = build.status()?.success();
+    let ok = replink_tests::nested_cargo(&["build", "--release", "-p", "replink"])
+        .status()?
+        .success();
     if !ok {
         bail!("building replink failed");
     }
@@ -277,22 +259,23 @@ fn main() -> Result<()> {
         .iter()
         .map(|k| tunnel::start(*k, &certs, &replink, redis.1, &format!("ping-{}", k.name())))
         .collect::<Result<_>>()?;
-    // (name, address): direct first, then each tunnel; every repetition visits all of them
-    // in turn so that noise from the shared machine spreads over all.
-    let targets: Vec<(String, std::net::SocketAddr)> = std::iter::once(("direct".into(), redis.1))
-        .chain(
-            tunnels
-                .iter()
-                .zip(&pairs)
-                .map(|(k, p)| (k.name(), p.listen)),
-        )
-        .collect();
-    for (_, addr) in &targets {
+    // (name, address, tunnel pids): direct first, then each tunnel; every repetition visits
+    // all of them in turn so that noise from the shared machine spreads over all.
+    let targets: Vec<(String, std::net::SocketAddr, Vec<u32>)> =
+        std::iter::once(("direct".into(), redis.1, Vec::new()))
+            .chain(
+                tunnels
+                    .iter()
+                    .zip(&pairs)
+                    .map(|(k, p)| (k.name(), p.listen, p.pids().to_vec())),
+            )
+            .collect();
+    for (_, addr, _) in &targets {
         let _ = load::ping(*addr, 1, 2000)?; // warm-up
     }
     let mut runs: BTreeMap<String, Vec<load::PingFigures>> = BTreeMap::new();
     for _ in 0..args.repeat {
-        for (name, addr) in &targets {
+        for (name, addr, _) in &targets {
             runs.entry(name.clone())
                 .or_default()
                 .push(load::ping(*addr, 1, n_ping)?);
@@ -305,7 +288,7 @@ fn main() -> Result<()> {
         )
     };
     let (d_p50, d_mean) = (med("direct", |f| f.p50_us), med("direct", |f| f.mean_us));
-    for (name, addr) in &targets {
+    for (name, addr, _) in &targets {
         report.add("PING c=1 p50", name, med(name, |f| f.p50_us), "µs");
         report.add("PING c=1 mean", name, med(name, |f| f.mean_us), "µs");
         report.add("PING c=1 p99", name, med(name, |f| f.p99_us), "µs");
@@ -336,17 +319,11 @@ fn main() -> Result<()> {
         CONN_THREADS
     );
     let conn_secs = if args.quick { 2.0 } else { 5.0 };
-    for (name, addr) in &targets {
-        let pids: Vec<u32> = tunnels
-            .iter()
-            .zip(&pairs)
-            .find(|(k, _)| k.name() == *name)
-            .map(|(_, p)| p.pids().to_vec())
-            .unwrap_or_default();
-        let before = measure::cpu_of(&pids)?;
+    for (name, addr, pids) in &targets {
+        let before = measure::cpu_of(pids)?;
         let made = load::connections(*addr, conn_secs, CONN_THREADS)?;
         std::thread::sleep(Duration::from_millis(200));
-        let used = measure::cpu_of(&pids)? - before;
+        let used = measure::cpu_of(pids)? - before;
         report.add("new conns/s", name, made as f64 / conn_secs, "conn/s");
         if !pids.is_empty() {
             report.add(

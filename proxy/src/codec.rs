@@ -20,7 +20,7 @@ use zstd_safe::{CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 /// encoder uses 2^ENCODER_WINDOW_LOG.
 pub const WINDOW_LOG_MAX: u32 = 23;
 /// Our encoder's window: 2 MiB.
-const ENCODER_WINDOW_LOG: u32 = 21;
+pub const ENCODER_WINDOW_LOG: u32 = 21;
 /// Input bytes per frame: one window, so zstd's input buffer never wraps inside a frame.
 pub const FRAME_INPUT: usize = 1 << ENCODER_WINDOW_LOG;
 

@@ -30,6 +30,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The zstd framing replink uses (window and input per frame), for measurements that must
+/// drive zstd the same way.
+pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
 pub use config::{Compression, IoDriver, ListenerConfig, Mode};
 pub use worker::{start, Driver, ProxyHandle};
 

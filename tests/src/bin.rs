@@ -25,7 +25,7 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Variables that `cargo test` sets for the test binary and that would leak into a nested
+/// Variables that `cargo test` (or `cargo run`) sets for its binary and that would leak into a nested
 /// `cargo build`. Build scripts (ring's) declare `rerun-if-env-changed` on some of them, so
 /// inheriting them would rebuild those crates on every run, and again on the next plain
 /// `cargo build`.
@@ -44,27 +44,33 @@ fn is_per_crate_cargo_var(name: &str) -> bool {
     EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
+/// `cargo ARGS…` run in the workspace root, without the per-crate variables this process got
+/// from `cargo test` or `cargo run`: for a nested build of the `replink` binary (the tests and
+/// the benchmark runner both use it).
+pub fn nested_cargo(args: &[&str]) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str() {
+            if is_per_crate_cargo_var(name) {
+                cmd.env_remove(name);
+            }
+        }
+    }
+    cmd
+}
+
 /// The `replink` binary of this checkout: `cargo build -p replink --bin replink` (debug, the
 /// tests' profile) runs once per test process, then `<target>/debug/replink`.
 pub fn replink_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target = target_dir();
-        let mut cmd = Command::new(&cargo);
-        cmd.args(["build", "-p", "replink", "--bin", "replink", "--target-dir"])
+        let out = nested_cargo(&["build", "-p", "replink", "--bin", "replink", "--target-dir"])
             .arg(&target)
-            .current_dir(workspace_root());
-        for (name, _) in std::env::vars_os() {
-            if let Some(name) = name.to_str() {
-                if is_per_crate_cargo_var(name) {
-                    cmd.env_remove(name);
-                }
-            }
-        }
-        let out = cmd
             .output()
-            .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+            .unwrap_or_else(|e| panic!("running cargo: {e}"));
         assert!(
             out.status.success(),
             "`cargo build -p replink` failed:\n{}",

@@ -29,7 +29,7 @@ mod servers;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use bin::replink_bin;
+pub use bin::{nested_cargo, replink_bin};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
 pub use pki::Pki;
