@@ -57,6 +57,8 @@ impl KeyAlgorithm {
 pub struct Identity {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate's serial number, big-endian bytes.
+    pub serial: Vec<u8>,
 }
 
 /// What a leaf certificate is for.
@@ -189,13 +191,44 @@ impl Ca {
         }];
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
-        params.serial_number = Some(random_serial()?);
+        let serial = random_serial()?;
+        params.serial_number = Some(serial.clone());
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok(Identity {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial: serial.to_bytes(),
         })
+    }
+
+    /// A CRL (PEM) signed by this CA that revokes `serials` (big-endian bytes) as of
+    /// `this_update`, valid until `next_update` (tests pass a past `next_update` for an
+    /// expired CRL).
+    pub fn crl_pem(
+        &self,
+        serials: &[&[u8]],
+        crl_number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, PkiError> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: this_update,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: self.cert.params().key_identifier_method.clone(),
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
     }
 }
 
