@@ -1,422 +1,146 @@
 //! replink-pki: certificates for replink's mutual TLS.
 //!
-//! Today this crate mints what the demo and the test suites need: a CA, server and client
-//! leaf certificates (ECDSA P-256 by default), and a throwaway PKI written to a directory with
-//! private keys at mode 0600. It never opens a socket.
+//! Two things live here:
+//! - the operator's certificate authority workflow behind the `replink-pki` binary: a CA in a
+//!   directory with its key encrypted at rest ([`authority`]), keys and CSRs for servers and
+//!   clients ([`request`]), review-and-sign, CRLs, and `show` ([`inspect`]);
+//! - in-memory minting for `replink demo` and the tests ([`Ca`], [`ThrowawayPki`]).
 //!
-//! It is not yet the operator's CA workflow (encrypted CA key, CSRs, review-and-sign, CRLs):
-//! that grows here, on the same types.
+//! It never opens a socket. Every file it writes goes through [`files`]: secrets at 0600 from
+//! the first byte, multi-file outputs all-or-nothing, nothing overwritten unless asked.
 //!
-//! Main types: [`Ca`], [`LeafSpec`], [`Identity`], [`ThrowawayPki`].
+//! Main types: [`authority::CaDir`], [`request::ParsedRequest`], [`authority::SigningPlan`],
+//! [`Ca`], [`ThrowawayPki`].
 
 #![forbid(unsafe_code)]
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber, SignatureAlgorithm,
-};
-use time::{Duration, OffsetDateTime};
+pub mod authority;
+pub mod files;
+pub mod inspect;
+pub mod keys;
+mod mint;
+pub mod request;
+
+pub use files::{write_private_file, write_public_file};
+pub use keys::KeyAlgorithm;
+pub use mint::{Ca, Identity, LeafSpec, TestIdentities, ThrowawayPki};
+pub use request::LeafUsage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("generating a key or certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{0}")]
+    Key(String),
+    /// The file system: cannot read, cannot write, already exists.
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
+    /// A file whose contents are wrong: corrupt PEM, not a CSR, bad signature.
+    #[error("{}: {reason}", path.display())]
+    Input { path: PathBuf, reason: String },
+    #[error("{}: wrong password (or the key file is corrupt)", path.display())]
+    WrongPassword { path: PathBuf },
+    #[error("{}: not a CA directory: {reason}", dir.display())]
+    NotCaDir { dir: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Ca { path: PathBuf, reason: String },
+    /// A request this CA will not sign.
+    #[error("refusing {}: {reason}", path.display())]
+    Refused { path: PathBuf, reason: String },
     #[error("invalid name {name:?}: {reason}")]
     Name { name: String, reason: String },
     #[error("no randomness available from the operating system")]
     Random,
 }
 
-/// Key algorithm of a new key pair.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum KeyAlgorithm {
-    #[default]
-    EcdsaP256,
-    Ed25519,
+/// `2026-11-25 20:07:43 UTC`.
+pub fn fmt_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
-impl KeyAlgorithm {
-    fn rcgen(self) -> &'static SignatureAlgorithm {
-        match self {
-            KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
-        }
-    }
+/// A serial (or key id) as upper-case hex without separators, as `openssl x509 -serial`
+/// prints it, so it can be pasted into `generate-crl --serial`.
+pub fn hex_serial(bytes: &[u8]) -> String {
+    let start = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
+    bytes[start..].iter().map(|b| format!("{b:02X}")).collect()
 }
 
-/// A certificate and its private key, both PEM.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    pub cert_pem: String,
-    pub key_pem: String,
-    /// The certificate's serial number, big-endian bytes.
-    pub serial: Vec<u8>,
-}
-
-/// What a leaf certificate is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeafUsage {
-    Server,
-    Client,
-}
-
-/// Everything that varies between leaf certificates.
-#[derive(Clone, Debug)]
-pub struct LeafSpec {
-    pub common_name: String,
-    pub dns_names: Vec<String>,
-    pub ips: Vec<IpAddr>,
-    pub usage: LeafUsage,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    pub algorithm: KeyAlgorithm,
-}
-
-impl LeafSpec {
-    fn new(common_name: &str, usage: LeafUsage) -> Self {
-        let now = OffsetDateTime::now_utc();
-        LeafSpec {
-            common_name: common_name.to_owned(),
-            dns_names: Vec::new(),
-            ips: Vec::new(),
-            usage,
-            not_before: now - Duration::days(1),
-            not_after: now + Duration::days(365),
-            algorithm: KeyAlgorithm::default(),
-        }
-    }
-
-    pub fn server(common_name: &str) -> Self {
-        Self::new(common_name, LeafUsage::Server)
-    }
-
-    pub fn client(common_name: &str) -> Self {
-        Self::new(common_name, LeafUsage::Client)
-    }
-}
-
-/// A random positive serial with 127 bits of entropy.
-fn random_serial() -> Result<SerialNumber, PkiError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| PkiError::Random)?;
-    bytes[0] &= 0x7f;
-    Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn dn(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-/// A certificate authority held in memory.
-pub struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    /// A self-signed CA valid from yesterday for ten years.
-    pub fn new(common_name: &str) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate_for(KeyAlgorithm::EcdsaP256.rcgen())?;
-        let mut params = CertificateParams::default();
-        let now = OffsetDateTime::now_utc();
-        params.distinguished_name = dn(common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + Duration::days(3650);
-        params.serial_number = Some(random_serial()?);
-        let cert = params.self_signed(&key)?;
-        Ok(Ca { cert, key })
-    }
-
-    pub fn cert_pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    pub fn issue_server(
-        &self,
-        common_name: &str,
-        dns_names: &[&str],
-        ips: &[IpAddr],
-    ) -> Result<Identity, PkiError> {
-        let mut spec = LeafSpec::server(common_name);
-        spec.dns_names = dns_names.iter().map(|s| s.to_string()).collect();
-        spec.ips = ips.to_vec();
-        self.issue_with(&spec)
-    }
-
-    pub fn issue_client(&self, common_name: &str) -> Result<Identity, PkiError> {
-        self.issue_with(&LeafSpec::client(common_name))
-    }
-
-    pub fn issue_with(&self, spec: &LeafSpec) -> Result<Identity, PkiError> {
-        let key = KeyPair::generate_for(spec.algorithm.rcgen())?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&spec.common_name);
-        for name in &spec.dns_names {
-            let ia5 = name
-                .clone()
-                .try_into()
-                .map_err(|e: rcgen::Error| PkiError::Name {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            params.subject_alt_names.push(SanType::DnsName(ia5));
-        }
-        params
-            .subject_alt_names
-            .extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match spec.usage {
-            LeafUsage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            LeafUsage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
-        params.not_before = spec.not_before;
-        params.not_after = spec.not_after;
-        let serial = random_serial()?;
-        params.serial_number = Some(serial.clone());
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.cert, &self.key)?;
-        Ok(Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            serial: serial.to_bytes(),
-        })
-    }
-
-    /// A CRL (PEM) signed by this CA that revokes `serials` (big-endian bytes) as of
-    /// `this_update`, valid until `next_update` (tests pass a past `next_update` for an
-    /// expired CRL).
-    pub fn crl_pem(
-        &self,
-        serials: &[&[u8]],
-        crl_number: u64,
-        this_update: OffsetDateTime,
-        next_update: OffsetDateTime,
-    ) -> Result<String, PkiError> {
-        let params = rcgen::CertificateRevocationListParams {
-            this_update,
-            next_update,
-            crl_number: SerialNumber::from(crl_number),
-            issuing_distribution_point: None,
-            revoked_certs: serials
-                .iter()
-                .map(|s| rcgen::RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(s),
-                    revocation_time: this_update,
-                    reason_code: None,
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: self.cert.params().key_identifier_method.clone(),
-        };
-        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
-    }
-}
-
-fn write_file(path: &Path, contents: &[u8], overwrite: bool, mode: u32) -> Result<(), PkiError> {
-    let err = |e: std::io::Error| PkiError::File {
-        path: path.to_owned(),
-        reason: if e.kind() == std::io::ErrorKind::AlreadyExists {
-            "already exists (refusing to overwrite)".into()
-        } else {
-            e.to_string()
-        },
+/// Parses a serial typed by an operator (`5A3F…`, `5a:3f:…`, `0x5a3f…`) into the content
+/// bytes of the DER INTEGER (minimal, positive).
+pub fn parse_serial(text: &str) -> Result<Vec<u8>, PkiError> {
+    let bad = |reason: &str| PkiError::Name {
+        name: text.to_owned(),
+        reason: reason.to_owned(),
     };
-    let mut opts = OpenOptions::new();
-    opts.write(true).mode(mode);
-    if overwrite {
-        opts.create(true).truncate(true);
+    let t = text.trim();
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let digits: String = t.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad(
+            "a serial is hexadecimal (as replink-pki show prints it)",
+        ));
+    }
+    if digits.len() > 40 {
+        return Err(bad("a serial has at most 20 bytes"));
+    }
+    let padded = if digits.len() % 2 == 1 {
+        format!("0{digits}")
     } else {
-        opts.create_new(true);
+        digits
+    };
+    let mut bytes: Vec<u8> = (0..padded.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).map_err(|_| bad("not hex")))
+        .collect::<Result<_, _>>()?;
+    while bytes.len() > 1 && bytes[0] == 0 {
+        bytes.remove(0);
     }
-    let mut f = opts.open(path).map_err(err)?;
-    f.write_all(contents).map_err(err)?;
-    f.sync_all().map_err(err)
-}
-
-/// Writes a secret (created with mode 0600, never wider even for a moment).
-pub fn write_private_file(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), PkiError> {
-    write_file(path, contents, overwrite, 0o600)
-}
-
-/// Writes a public file (mode 0644).
-pub fn write_public_file(path: &Path, contents: &[u8], overwrite: bool) -> Result<(), PkiError> {
-    write_file(path, contents, overwrite, 0o644)
-}
-
-/// A complete throwaway PKI in one directory, for `replink demo` and the tests.
-pub struct ThrowawayPki {
-    pub dir: PathBuf,
-    pub ca_pem: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    ca: Ca,
-}
-
-/// Identities that tests use to check refusals and file-format tolerance.
-pub struct TestIdentities {
-    pub other_ca_pem: PathBuf,
-    pub other_ca_client_cert: PathBuf,
-    pub other_ca_client_key: PathBuf,
-    pub expired_client_cert: PathBuf,
-    pub expired_client_key: PathBuf,
-    /// Client key and certificate in one PEM file, key first.
-    pub combined_client_pem: PathBuf,
-    /// An unrelated CA certificate followed by the real CA certificate.
-    pub ca_bundle_pem: PathBuf,
-}
-
-impl ThrowawayPki {
-    /// Mints a CA, a server certificate for `server_names` (DNS SANs, the first is the CN;
-    /// plus IP 127.0.0.1) and a client certificate, and writes them into `dir`.
-    pub fn mint(dir: &Path, server_names: &[&str]) -> Result<ThrowawayPki, PkiError> {
-        let ca = Ca::new("replink throwaway CA")?;
-        let cn = server_names.first().copied().unwrap_or("localhost");
-        let server = ca.issue_server(cn, server_names, &[IpAddr::from([127, 0, 0, 1])])?;
-        let client = ca.issue_client("replink-demo-client")?;
-        let pki = ThrowawayPki {
-            dir: dir.to_owned(),
-            ca_pem: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client.key"),
-            ca,
-        };
-        write_public_file(&pki.ca_pem, pki.ca.cert_pem().as_bytes(), false)?;
-        write_public_file(&pki.server_cert, server.cert_pem.as_bytes(), false)?;
-        write_private_file(&pki.server_key, server.key_pem.as_bytes(), false)?;
-        write_public_file(&pki.client_cert, client.cert_pem.as_bytes(), false)?;
-        write_private_file(&pki.client_key, client.key_pem.as_bytes(), false)?;
-        Ok(pki)
+    if bytes[0] & 0x80 != 0 {
+        bytes.insert(0, 0);
     }
+    Ok(bytes)
+}
 
-    /// The CA, to issue more certificates.
-    pub fn ca(&self) -> &Ca {
-        &self.ca
-    }
-
-    pub fn mint_test_extras(&self) -> Result<TestIdentities, PkiError> {
-        let d = &self.dir;
-        let other = Ca::new("some other CA")?;
-        let other_client = other.issue_client("intruder")?;
-        let mut expired = LeafSpec::client("expired-client");
-        let now = OffsetDateTime::now_utc();
-        expired.not_before = now - Duration::days(30);
-        expired.not_after = now - Duration::days(1);
-        let expired = self.ca.issue_with(&expired)?;
-        let combined = self.ca.issue_client("combined-client")?;
-        let ids = TestIdentities {
-            other_ca_pem: d.join("other-ca.pem"),
-            other_ca_client_cert: d.join("other-client.pem"),
-            other_ca_client_key: d.join("other-client.key"),
-            expired_client_cert: d.join("expired-client.pem"),
-            expired_client_key: d.join("expired-client.key"),
-            combined_client_pem: d.join("combined-client.pem"),
-            ca_bundle_pem: d.join("ca-bundle.pem"),
-        };
-        write_public_file(&ids.other_ca_pem, other.cert_pem().as_bytes(), true)?;
-        write_public_file(
-            &ids.other_ca_client_cert,
-            other_client.cert_pem.as_bytes(),
-            true,
-        )?;
-        write_private_file(
-            &ids.other_ca_client_key,
-            other_client.key_pem.as_bytes(),
-            true,
-        )?;
-        write_public_file(&ids.expired_client_cert, expired.cert_pem.as_bytes(), true)?;
-        write_private_file(&ids.expired_client_key, expired.key_pem.as_bytes(), true)?;
-        let combined_pem = format!("{}{}", combined.key_pem, combined.cert_pem);
-        write_private_file(&ids.combined_client_pem, combined_pem.as_bytes(), true)?;
-        let bundle = format!("{}{}", other.cert_pem(), self.ca.cert_pem());
-        write_public_file(&ids.ca_bundle_pem, bundle.as_bytes(), true)?;
-        Ok(ids)
-    }
+/// SHA-256 of `der`, colon-separated upper-case hex (as `openssl x509 -fingerprint -sha256`).
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
-
-    fn openssl_verify(ca: &Path, cert: &Path) -> (bool, String) {
-        let out = Command::new("openssl")
-            .arg("verify")
-            .arg("-CAfile")
-            .arg(ca)
-            .arg(cert)
-            .output()
-            .expect("openssl runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    }
 
     #[test]
-    fn throwaway_pki_is_valid_for_openssl_and_keys_are_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = ThrowawayPki::mint(dir.path(), &["pg.repl.test", "*.repl.test"]).unwrap();
-        for key in [&pki.server_key, &pki.client_key] {
-            let mode = std::fs::metadata(key).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{}", key.display());
+    fn serials_parse_in_every_spelling_and_print_back() {
+        let want = vec![0x5a, 0x3f, 0x01];
+        for s in ["5A3F01", "5a:3f:01", "0x5a3f01", "005A3F01"] {
+            assert_eq!(parse_serial(s).unwrap(), want, "{s}");
         }
-        assert!(openssl_verify(&pki.ca_pem, &pki.server_cert).0);
-        assert!(openssl_verify(&pki.ca_pem, &pki.client_cert).0);
-        let eku = Command::new("openssl")
-            .args([
-                "x509",
-                "-noout",
-                "-ext",
-                "extendedKeyUsage,subjectAltName",
-                "-in",
-            ])
-            .arg(&pki.server_cert)
-            .output()
-            .unwrap();
-        let eku = String::from_utf8_lossy(&eku.stdout);
-        assert!(eku.contains("TLS Web Server Authentication"), "{eku}");
-        assert!(
-            eku.contains("DNS:*.repl.test") && eku.contains("IP Address:127.0.0.1"),
-            "{eku}"
-        );
-
-        let ids = pki.mint_test_extras().unwrap();
-        let (ok, text) = openssl_verify(&pki.ca_pem, &ids.expired_client_cert);
-        assert!(!ok && text.contains("expired"), "{text}");
-        let (ok, _) = openssl_verify(&pki.ca_pem, &ids.other_ca_client_cert);
-        assert!(!ok, "another CA's certificate must not verify");
-        assert!(openssl_verify(&ids.ca_bundle_pem, &pki.client_cert).0);
-    }
-
-    #[test]
-    fn refuses_to_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        ThrowawayPki::mint(dir.path(), &["a.test"]).unwrap();
-        let err = ThrowawayPki::mint(dir.path(), &["a.test"]).err().unwrap();
-        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+        assert_eq!(parse_serial("FF").unwrap(), vec![0, 0xff]);
+        assert_eq!(hex_serial(&[0, 0xff]), "FF");
+        assert!(parse_serial("xyz").is_err());
+        assert!(parse_serial("").is_err());
     }
 }
