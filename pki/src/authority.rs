@@ -117,7 +117,7 @@ impl CaDir {
         let cert = params.self_signed(&key)?;
         let key_pem = match password {
             Some(pw) => encrypt_key_pem(&key, pw)?,
-            None => key.serialize_pem(),
+            None => crate::keys::key_pem(&key)?,
         };
         create_dir(dir, 0o700)?;
         create_dir(&paths.issued, 0o700)?;

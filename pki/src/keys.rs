@@ -163,9 +163,31 @@ impl StoredKey {
     }
 }
 
+/// The PKCS#8 DER of `key` in the form every tool reads: version 1, without the optional
+/// public key. (ring writes Ed25519 keys as version 2 with the public key, which OpenSSL 3.0
+/// cannot decode; ring, rustls and rcgen read either.)
+fn portable_pkcs8(key: &KeyPair) -> Result<Vec<u8>, PkiError> {
+    use pkcs8::der::Encode;
+    let der = key.serialize_der();
+    let mut info = PrivateKeyInfo::try_from(der.as_slice())
+        .map_err(|e| PkiError::Key(format!("re-reading the new key: {e}")))?;
+    info.public_key = None;
+    info.to_der()
+        .map_err(|e| PkiError::Key(format!("encoding the key: {e}")))
+}
+
+/// `key` as an unencrypted `PRIVATE KEY` PEM (for server and client keys, which a proxy
+/// loads unattended, and a CA created with --no-password).
+pub fn key_pem(key: &KeyPair) -> Result<String, PkiError> {
+    Ok(crate::authority::pem_block(
+        "PRIVATE KEY",
+        &portable_pkcs8(key)?,
+    ))
+}
+
 /// `key` as an `ENCRYPTED PRIVATE KEY` PEM under `password`.
 pub fn encrypt_key_pem(key: &KeyPair, password: &[u8]) -> Result<String, PkiError> {
-    let der = key.serialize_der();
+    let der = portable_pkcs8(key)?;
     let info = PrivateKeyInfo::try_from(der.as_slice())
         .map_err(|e| PkiError::Key(format!("re-reading the new key: {e}")))?;
     let salt = random_bytes::<16>()?;
@@ -192,6 +214,14 @@ mod tests {
             let key = alg.generate().unwrap();
             let pem = encrypt_key_pem(&key, b"correct horse").unwrap();
             assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+            let plain = StoredKey::from_pem(&key_pem(&key).unwrap(), Path::new("k")).unwrap();
+            let plain = plain.unlock(None, Path::new("k")).unwrap();
+            assert_eq!(
+                plain.public_key_der(),
+                key.public_key_der(),
+                "{}",
+                alg.name()
+            );
             let stored = StoredKey::from_pem(&pem, Path::new("k")).unwrap();
             assert!(stored.is_encrypted());
             let back = stored

@@ -173,7 +173,7 @@ pub fn new_request(spec: &RequestSpec) -> Result<NewRequest, PkiError> {
     let key = spec.algorithm.generate()?;
     let csr = params.serialize_request(&key)?;
     Ok(NewRequest {
-        key_pem: key.serialize_pem(),
+        key_pem: crate::keys::key_pem(&key)?,
         csr_pem: csr.pem()?,
     })
 }
