@@ -122,7 +122,7 @@ impl FromStr for IoDriver {
     }
 }
 
-/// PEM files of one TLS identity plus the CA that peers must chain to.
+/// PEM files of one TLS identity, the CA that peers must chain to, and its revocation lists.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     /// Leaf certificate (and optionally its chain, and optionally the key in the same file).
@@ -133,6 +133,11 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     /// Allow TLS 1.2 in addition to 1.3.
     pub tls12: bool,
+    /// CRL files (PEM or DER), each signed by a CA of `ca`; peers they list are refused.
+    pub crls: Vec<PathBuf>,
+    /// Start with a CRL past its nextUpdate, and keep using it (default: refuse to start, and
+    /// refuse peers of that CA once it expires while running).
+    pub allow_expired_crl: bool,
 }
 
 /// Everything one listener needs.

@@ -121,6 +121,8 @@ fn config(
             key,
             ca: pki.ca_pem.clone(),
             tls12: false,
+            crls: Vec::new(),
+            allow_expired_crl: false,
         },
         compression,
         workers: args.workers,

@@ -76,6 +76,14 @@ struct Common {
     /// CA bundle PEM that the peer's certificate must chain to.
     #[arg(long)]
     ca: PathBuf,
+    /// Certificate revocation list (PEM, possibly several, or DER) signed by a CA of --ca;
+    /// repeatable. Peers whose certificate it lists are refused with `certificate_revoked`.
+    #[arg(long = "crl", value_name = "FILE")]
+    crls: Vec<PathBuf>,
+    /// Use a --crl whose nextUpdate has passed (default: refuse to start, and refuse that CA's
+    /// peers once its CRL expires while running).
+    #[arg(long, requires = "crls")]
+    allow_expired_crl: bool,
     /// Stream compression, negotiated with the peer through ALPN.
     #[arg(long, value_enum, default_value = "zstd")]
     compression: CompressionFlag,
@@ -119,6 +127,8 @@ impl Common {
                 cert: self.cert,
                 ca: self.ca,
                 tls12: self.tls12,
+                crls: self.crls,
+                allow_expired_crl: self.allow_expired_crl,
             },
             compression: match self.compression {
                 CompressionFlag::Off => Compression::Off,

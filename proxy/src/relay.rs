@@ -32,6 +32,10 @@ use crate::tls::record::{self, Opener, RecordError, Sealer, MAX_PLAINTEXT};
 /// zstd context and record buffer back.
 const QUIET_AFTER: Duration = Duration::from_millis(500);
 
+/// How long the open side may still run, after the seal side failed on the TLS socket, to read
+/// a fatal alert the peer sent before resetting.
+const ALERT_GRACE: Duration = Duration::from_millis(100);
+
 /// Why a connection ended badly. `reason()` is the short word the log and counters use.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -176,6 +180,17 @@ pub async fn relay(
         match first {
             Ok(()) if up_first => down.await,
             Ok(()) => up.await,
+            // A peer that refuses us after the handshake (a TLS 1.3 server checking our client
+            // certificate) sends a fatal alert and closes with our data unread, so its kernel
+            // resets the connection. Our write may see that reset before our read sees the
+            // alert, which is already in the receive buffer: let the open side read it, so
+            // the log says `CertificateRevoked` rather than "connection reset".
+            Err(e @ ConnError::Downstream(_)) if up_first => {
+                match monoio::time::timeout(ALERT_GRACE, down.as_mut()).await {
+                    Ok(Err(alert @ ConnError::PeerAlert(_))) => Err(alert),
+                    _ => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
         // The pumps are dropped here, cancelling whatever they still had in flight.

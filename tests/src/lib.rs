@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 pub use bin::{nested_cargo, replink_bin};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
-pub use pki::Pki;
+pub use pki::{IssuedFiles, Pki};
 pub use process::{
-    run_replink_expect_failure, start_forward, start_pair, start_reverse, LogLine, PairOptions,
-    ReplinkProcess, ROUTE,
+    forward_command, reverse_command, run_replink_expect_failure, start_forward, start_forward_as,
+    start_pair, start_reverse, start_reverse_as, LogLine, PairOptions, ReplinkProcess, ROUTE,
 };
 pub use servers::{
     flags, run_transfer, run_transfer_paused, verify_transfer, ClientReport, EchoServer,

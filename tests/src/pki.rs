@@ -1,10 +1,19 @@
 //! The throwaway PKI fixture.
 
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
-use replink_pki::{TestIdentities, ThrowawayPki};
+use replink_pki::{Identity, TestIdentities, ThrowawayPki};
 
 use crate::{s, strings, ROUTE};
+
+/// A certificate and key written into the PKI's dir by [`Pki::issue_client`] or
+/// [`Pki::issue_server`], with the certificate's serial (for CRLs).
+pub struct IssuedFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub serial: Vec<u8>,
+}
 
 /// A throwaway PKI for one test: CA, server certificate for `pg.repl.test` and `*.repl.test`
 /// (+ IP 127.0.0.1), client certificate, and the bad identities. Lives in a temp dir that is
@@ -30,28 +39,54 @@ impl Pki {
 
     /// `--cert --key --ca` for a reverse proxy.
     pub fn server_args(&self) -> Vec<String> {
-        let p = &self.files;
-        strings(&[
-            "--cert",
-            s(&p.server_cert),
-            "--key",
-            s(&p.server_key),
-            "--ca",
-            s(&p.ca_pem),
-        ])
+        self.identity_args(&self.files.server_cert, &self.files.server_key)
     }
 
     /// `--cert --key --ca` for a forward proxy.
     pub fn client_args(&self) -> Vec<String> {
-        let p = &self.files;
+        self.identity_args(&self.files.client_cert, &self.files.client_key)
+    }
+
+    /// `--cert CERT --key KEY --ca` (this PKI's CA) for either end.
+    pub fn identity_args(&self, cert: &Path, key: &Path) -> Vec<String> {
         strings(&[
             "--cert",
-            s(&p.client_cert),
+            s(cert),
             "--key",
-            s(&p.client_key),
+            s(key),
             "--ca",
-            s(&p.ca_pem),
+            s(&self.files.ca_pem),
         ])
+    }
+
+    /// A fresh client certificate from this PKI's CA, written to `NAME.pem` and `NAME.key`
+    /// (mode 0600) in [`Pki::dir`].
+    pub fn issue_client(&self, name: &str) -> IssuedFiles {
+        let id = self.files.ca().issue_client(name).expect("issue client");
+        self.write_identity(name, id)
+    }
+
+    /// A fresh server certificate for `dns_names` and `ips`, written like
+    /// [`Pki::issue_client`].
+    pub fn issue_server(&self, name: &str, dns_names: &[&str], ips: &[IpAddr]) -> IssuedFiles {
+        let id = self
+            .files
+            .ca()
+            .issue_server(name, dns_names, ips)
+            .expect("issue server");
+        self.write_identity(name, id)
+    }
+
+    fn write_identity(&self, name: &str, id: Identity) -> IssuedFiles {
+        let cert = self.dir().join(format!("{name}.pem"));
+        let key = self.dir().join(format!("{name}.key"));
+        replink_pki::write_public_file(&cert, id.cert_pem.as_bytes(), false).expect("write cert");
+        replink_pki::write_private_file(&key, id.key_pem.as_bytes(), false).expect("write key");
+        IssuedFiles {
+            cert,
+            key,
+            serial: id.serial,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -268,15 +268,36 @@ pub fn start_reverse(
     routes: &[(&str, SocketAddr)],
     opts: &PairOptions,
 ) -> ReplinkProcess {
+    let p = &pki.files;
+    start_reverse_as(pki, (&p.server_cert, &p.server_key), routes, opts)
+}
+
+/// [`start_reverse`] with another server certificate and key (`(cert, key)`) of the PKI's CA.
+pub fn start_reverse_as(
+    pki: &Pki,
+    identity: (&Path, &Path),
+    routes: &[(&str, SocketAddr)],
+    opts: &PairOptions,
+) -> ReplinkProcess {
+    ReplinkProcess::spawn(&reverse_command(pki, identity, routes, opts))
+}
+
+/// The arguments [`start_reverse_as`] runs `replink` with (for a start that must fail).
+pub fn reverse_command(
+    pki: &Pki,
+    (cert, key): (&Path, &Path),
+    routes: &[(&str, SocketAddr)],
+    opts: &PairOptions,
+) -> Vec<String> {
     let mut args = strings(&["reverse-proxy", "--listen", "127.0.0.1:0"]);
     for (sni, addr) in routes {
         args.push("--route".into());
         args.push(format!("{sni}={addr}"));
     }
-    args.extend(pki.server_args());
+    args.extend(pki.identity_args(cert, key));
     args.extend(common_args(opts));
     args.extend(opts.extra_reverse.iter().cloned());
-    ReplinkProcess::spawn(&args)
+    args
 }
 
 /// A forward proxy on 127.0.0.1:0 with the PKI's client identity, to `target` with `sni`.
@@ -286,13 +307,36 @@ pub fn start_forward(
     sni: &str,
     opts: &PairOptions,
 ) -> ReplinkProcess {
+    let p = &pki.files;
+    start_forward_as(pki, (&p.client_cert, &p.client_key), target, sni, opts)
+}
+
+/// [`start_forward`] with another client certificate and key (`(cert, key)`) of the PKI's CA.
+pub fn start_forward_as(
+    pki: &Pki,
+    identity: (&Path, &Path),
+    target: SocketAddr,
+    sni: &str,
+    opts: &PairOptions,
+) -> ReplinkProcess {
+    ReplinkProcess::spawn(&forward_command(pki, identity, target, sni, opts))
+}
+
+/// The arguments [`start_forward_as`] runs `replink` with (for a start that must fail).
+pub fn forward_command(
+    pki: &Pki,
+    (cert, key): (&Path, &Path),
+    target: SocketAddr,
+    sni: &str,
+    opts: &PairOptions,
+) -> Vec<String> {
     let mut args = strings(&["forward-proxy", "--listen", "127.0.0.1:0", "--sni", sni]);
     args.push("--target".into());
     args.push(target.to_string());
-    args.extend(pki.client_args());
+    args.extend(pki.identity_args(cert, key));
     args.extend(common_args(opts));
     args.extend(opts.extra_forward.iter().cloned());
-    ReplinkProcess::spawn(&args)
+    args
 }
 
 /// Reverse and forward ends carrying route `pg.repl.test` to `upstream`: returns

@@ -217,7 +217,7 @@ async fn drive<C: Unbuffered>(
             Step::PeerClosed => peer_closed = true,
             Step::Closed => return Err(ConnError::HandshakeEof),
             Step::Failed(e) => {
-                send_pending_alert(conn, sock, out).await;
+                send_pending_alert(conn, sock, out, incoming).await;
                 return Err(ConnError::Tls(e));
             }
         }
@@ -226,20 +226,33 @@ async fn drive<C: Unbuffered>(
 
 /// After a handshake error rustls has queued the matching alert; send it before closing so the
 /// peer learns why (a best effort: the connection is failing anyway).
-async fn send_pending_alert<C: Unbuffered>(conn: &mut C, sock: &mut TcpStream, mut out: Vec<u8>) {
+///
+/// `incoming` must be the buffer of the failed step (after its discard), not an empty one:
+/// rustls' handshake deframer may still hold ranges into it (the rest of the peer's flight
+/// behind the message that failed), and indexing an empty buffer with them panics inside
+/// rustls.
+async fn send_pending_alert<C: Unbuffered>(
+    conn: &mut C,
+    sock: &mut TcpStream,
+    mut out: Vec<u8>,
+    mut incoming: Vec<u8>,
+) {
     out.clear();
     for _ in 0..4 {
-        let more = {
-            let status = conn.process(&mut []);
-            match status.state {
+        let (more, discard) = {
+            let status = conn.process(&mut incoming);
+            let discard = status.discard;
+            let more = match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut s)) => encode_into(&mut s, &mut out).is_ok(),
                 Ok(ConnectionState::TransmitTlsData(s)) => {
                     s.done();
                     true
                 }
                 _ => false,
-            }
+            };
+            (more, discard)
         };
+        incoming.drain(..discard.min(incoming.len()));
         if !more {
             break;
         }

@@ -5,6 +5,7 @@
 //! into a [`rustls::kernel::KernelConnection`] and records are sealed and opened by
 //! [`record`] (the software twin of kernel TLS: the same secrets can be handed to the kernel).
 
+pub mod crl;
 pub mod handshake;
 pub mod record;
 
@@ -91,14 +92,17 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
         .map_err(|e| file_error(path, format!("no usable private key: {e}")))
 }
 
-fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, Error> {
+/// The `--ca` bundle as trust anchors, and the `--crl` files checked against it.
+fn load_trust(files: &TlsFiles) -> Result<(Arc<RootCertStore>, crl::Crls), Error> {
+    let cas = load_certs(&files.ca)?;
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
+    for cert in &cas {
         roots
-            .add(cert)
-            .map_err(|e| file_error(path, format!("CA certificate rejected: {e}")))?;
+            .add(cert.clone())
+            .map_err(|e| file_error(&files.ca, format!("CA certificate rejected: {e}")))?;
     }
-    Ok(Arc::new(roots))
+    let crls = crl::load(&files.crls, files.allow_expired_crl, &files.ca, &cas)?;
+    Ok((Arc::new(roots), crls))
 }
 
 /// The two server configs of a reverse listener: with the zstd ALPN on offer, and without any
@@ -110,8 +114,16 @@ pub struct ServerConfigs {
 
 pub fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, Error> {
     let provider = provider();
-    let roots = load_roots(&files.ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    let (roots, crls) = load_trust(files)?;
+    // A CA without a CRL is not an error (allow_unknown_revocation_status); a CA with one is
+    // checked on every full handshake.
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls.ders)
+        .allow_unknown_revocation_status();
+    if crls.enforce_expiration {
+        builder = builder.enforce_revocation_expiration();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| file_error(&files.ca, format!("cannot verify clients with it: {e}")))?;
     let certs = load_certs(&files.cert)?;
@@ -141,8 +153,14 @@ pub fn client_config(
     server_name: Option<&str>,
 ) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
-    let roots = load_roots(&files.ca)?;
-    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+    let (roots, crls) = load_trust(files)?;
+    let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .with_crls(crls.ders)
+        .allow_unknown_revocation_status();
+    if crls.enforce_expiration {
+        builder = builder.enforce_revocation_expiration();
+    }
+    let webpki = builder
         .build()
         .map_err(|e| file_error(&files.ca, format!("cannot verify servers with it: {e}")))?;
     let certs = load_certs(&files.cert)?;
@@ -227,7 +245,12 @@ pub fn refusal_reason(e: &rustls::Error) -> &'static str {
         E::NoCertificatesPresented => "no_client_cert",
         E::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
         E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "cert_expired",
-        E::InvalidCertificate(C::Revoked) => "revoked",
+        E::InvalidCertificate(C::Revoked) => "certificate_revoked",
+        E::InvalidCertificate(
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. },
+        ) => "crl_expired",
+        E::InvalidCertificate(C::UnknownRevocationStatus) => "revocation_unknown",
+        E::InvalidCertRevocationList(_) => "bad_crl",
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
             "name_mismatch"
         }

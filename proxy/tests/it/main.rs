@@ -74,6 +74,8 @@ fn reverse_config(
             key: pki.server_key.clone(),
             ca: pki.ca_pem.clone(),
             tls12,
+            crls: Vec::new(),
+            allow_expired_crl: false,
         },
         compression: Compression::Zstd { level: 1 },
         workers: 1,

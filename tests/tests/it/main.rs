@@ -7,6 +7,10 @@
 //! - `refusals`: no/foreign/expired client certificate, unknown SNI, garbage, silence — each
 //!   refused with the right alert and one `refused` line while a transfer carries on; bad key
 //!   modes and missing files stop the process with a clear message.
+//! - `revocation`: `--crl` on both ends: a revoked client is refused (`certificate_revoked`)
+//!   while another client of the same CA transfers; a revoked server certificate is refused by
+//!   the forward end; expired, foreign and corrupt CRLs stop start-up; a CRL that expires while
+//!   running fails closed.
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
@@ -24,5 +28,6 @@ mod openssl_interop;
 mod redis;
 mod refusals;
 mod resets;
+mod revocation;
 mod upstream_down;
 mod wildcard_and_combined_pem;
