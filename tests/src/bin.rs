@@ -65,19 +65,27 @@ pub fn nested_cargo(args: &[&str]) -> Command {
 /// tests' profile) runs once per test process, then `<target>/debug/replink`.
 pub fn replink_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let target = target_dir();
-        let out = nested_cargo(&["build", "-p", "replink", "--bin", "replink", "--target-dir"])
-            .arg(&target)
-            .output()
-            .unwrap_or_else(|e| panic!("running cargo: {e}"));
-        assert!(
-            out.status.success(),
-            "`cargo build -p replink` failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = target.join("debug").join("replink");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| build_bin("replink", "replink"))
+}
+
+/// The `replink-pki` binary of this checkout, built like [`replink_bin`].
+pub fn replink_pki_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("replink-pki", "replink-pki"))
+}
+
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    let target = target_dir();
+    let out = nested_cargo(&["build", "-p", package, "--bin", bin, "--target-dir"])
+        .arg(&target)
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo: {e}"));
+    assert!(
+        out.status.success(),
+        "`cargo build -p {package}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = target.join("debug").join(bin);
+    assert!(path.exists(), "{} missing after the build", path.display());
+    path
 }

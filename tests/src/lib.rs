@@ -23,15 +23,17 @@ mod bin;
 mod cmd;
 mod gen;
 mod pki;
+mod postgres;
 mod process;
 mod servers;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use bin::{nested_cargo, replink_bin};
+pub use bin::{nested_cargo, replink_bin, replink_pki_bin};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
+pub use postgres::{as_postgres, pg_bin_dir, PgCluster, PgOptions, PG_PASSWORD};
 pub use pki::{IssuedFiles, Pki};
 pub use process::{
     forward_command, reverse_command, run_replink_expect_failure, start_forward, start_forward_as,

@@ -7,6 +7,8 @@
 //! - `refusals`: no/foreign/expired client certificate, unknown SNI, garbage, silence — each
 //!   refused with the right alert and one `refused` line while a transfer carries on; bad key
 //!   modes and missing files stop the process with a clear message.
+//! - `pki_cli`: `replink-pki`'s outputs checked by OpenSSL (verify, x509/req/crl -text,
+//!   pkey with the password), CSRs from `openssl req` signed, prompts on a pty, bad input.
 //! - `revocation`: `--crl` on both ends: a revoked client is refused (`certificate_revoked`)
 //!   while another client of the same CA transfers; a revoked server certificate is refused by
 //!   the forward end; expired, foreign and corrupt CRLs stop start-up; a CRL that expires while
@@ -25,6 +27,7 @@
 
 mod data_paths;
 mod openssl_interop;
+mod pki_cli;
 mod redis;
 mod refusals;
 mod resets;
