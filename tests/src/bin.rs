@@ -74,6 +74,12 @@ pub fn replink_pki_bin() -> &'static Path {
     BIN.get_or_init(|| build_bin("replink-pki", "replink-pki"))
 }
 
+/// The `replink-pg` binary of this checkout, built like [`replink_bin`].
+pub fn replink_pg_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("replink-pg", "replink-pg"))
+}
+
 fn build_bin(package: &str, bin: &str) -> PathBuf {
     let target = target_dir();
     let out = nested_cargo(&["build", "-p", package, "--bin", bin, "--target-dir"])

@@ -42,6 +42,45 @@ impl CmdOutput {
     pub fn text(&self) -> String {
         format!("{}{}", self.stdout_text(), self.stderr)
     }
+
+    /// Panics, with the command line and its output, unless it exited 0.
+    #[track_caller]
+    pub fn assert_ok(self) -> CmdOutput {
+        assert!(
+            self.success(),
+            "`{}` failed:\n{}",
+            self.command,
+            self.text()
+        );
+        self
+    }
+
+    /// Panics unless it exited with `code` and its output mentions every one of `needles`.
+    #[track_caller]
+    pub fn assert_exit(self, code: i32, needles: &[&str]) -> CmdOutput {
+        assert_eq!(
+            self.status.and_then(|s| s.code()),
+            Some(code),
+            "`{}` should exit {code}:\n{}",
+            self.command,
+            self.text()
+        );
+        self.assert_says(needles);
+        self
+    }
+
+    /// Panics unless the output (stdout and stderr) mentions every one of `needles`.
+    #[track_caller]
+    pub fn assert_says(&self, needles: &[&str]) {
+        let text = self.text();
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "`{}`: no {needle:?} in:\n{text}",
+                self.command
+            );
+        }
+    }
 }
 
 /// Quotes one argument for a copy-pasteable command line.

@@ -30,7 +30,7 @@ mod servers;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use bin::{nested_cargo, replink_bin, replink_pki_bin};
+pub use bin::{nested_cargo, replink_bin, replink_pg_bin, replink_pki_bin};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
 pub use postgres::{as_postgres, pg_bin_dir, PgCluster, PgOptions, PG_PASSWORD};

@@ -13,6 +13,8 @@
 //!   while another client of the same CA transfers; a revoked server certificate is refused by
 //!   the forward end; expired, foreign and corrupt CRLs stop start-up; a CRL that expires while
 //!   running fails closed.
+//! - `pg_setup`: `replink-pg` between two real PostgreSQL clusters: publication, role,
+//!   subscription with `--copy-schema`, data and sequences equal, status, `--dry-run`, bad input.
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
@@ -27,6 +29,7 @@
 
 mod data_paths;
 mod openssl_interop;
+mod pg_setup;
 mod pki_cli;
 mod redis;
 mod refusals;

@@ -1,0 +1,33 @@
+//! `replink-pg`: sets up and watches PostgreSQL logical replication, typically across a
+//! replink tunnel (the subscriber reaches the publisher through the local end of a
+//! `replink forward-proxy`).
+//!
+//! What it is: a small sync client (the `postgres` crate, no TLS: it talks to local servers
+//! or through the tunnel) that runs the SQL a DBA would run by hand, with the checks first,
+//! idempotently, and with messages that say what to fix. What it is not: a replication engine
+//! (PostgreSQL's built-in publications and subscriptions do the work) or a tunnel.
+//!
+//! - [`publisher`]: `CREATE`/`ALTER PUBLICATION` ([`publisher::setup`],
+//!   [`publisher::drop_tables`]) and the replication role ([`publisher::create_role`]).
+//! - [`subscriber`]: `CREATE SUBSCRIPTION` with the optional schema copy ([`schema`]: pg_dump
+//!   found and run) and [`subscriber::sync_sequences`].
+//! - [`status`]: the report, and `--watch` over the initial table sync.
+//! - [`Db`]: a connection, its errors turned into fixes, and `--dry-run` ([`Db::change`]
+//!   prints instead of running). [`Endpoint`]: a connection string and where its password
+//!   comes from. [`quote`]: identifiers, literals, `schema.table` names.
+//! - [`Error`]: every refusal and failure; the binary exits 1 on any of them.
+
+#![forbid(unsafe_code)]
+
+pub mod conninfo;
+pub mod db;
+mod error;
+pub mod publisher;
+pub mod quote;
+pub mod schema;
+pub mod status;
+pub mod subscriber;
+
+pub use conninfo::Endpoint;
+pub use db::Db;
+pub use error::Error;

@@ -1,0 +1,441 @@
+//! `status`: what a server publishes and subscribes to, how far behind each link is, and
+//! `--watch` over a subscription's initial table sync.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use crate::db::Db;
+use crate::quote::{quote_ident, QualifiedName};
+use crate::Error;
+
+const THIS_DATABASE: &str =
+    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
+
+/// `1.5 MiB`, `312 B`.
+pub fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    match s {
+        Some(s) => format!("{s:.1} s"),
+        None => "n/a".into(),
+    }
+}
+
+/// pg_subscription_rel's `srsubstate` letters.
+pub fn state_name(state: &str) -> &'static str {
+    match state {
+        "i" => "init",
+        "d" => "data copy",
+        "f" => "finished copy",
+        "s" => "synchronized",
+        "r" => "ready",
+        _ => "unknown",
+    }
+}
+
+/// One table of a subscription and its sync state.
+#[derive(Clone, Debug)]
+pub struct SyncTable {
+    pub subscription: String,
+    pub table: QualifiedName,
+    pub state: String,
+    /// `pg_table_size` here, on the subscriber.
+    pub size: i64,
+}
+
+/// The subscriptions of this database, and the tables of each with their sync state.
+fn sync_tables(db: &mut Db) -> Result<(usize, Vec<SyncTable>), Error> {
+    let subscriptions: i64 = db
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_catalog.pg_subscription WHERE subdbid = {THIS_DATABASE}"
+            ),
+            &[],
+        )?
+        .get(0);
+    let rows = db.query(
+        &format!(
+            "SELECT s.subname::text, n.nspname::text, c.relname::text, r.srsubstate::text, \
+                    pg_catalog.pg_table_size(c.oid) \
+             FROM pg_catalog.pg_subscription_rel r \
+             JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid \
+             JOIN pg_catalog.pg_class c ON c.oid = r.srrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE s.subdbid = {THIS_DATABASE} ORDER BY 1, 2, 3"
+        ),
+        &[],
+    )?;
+    let tables = rows
+        .iter()
+        .map(|r| SyncTable {
+            subscription: r.get(0),
+            table: QualifiedName::new(r.get(1), r.get(2)),
+            state: r.get(3),
+            size: r.get::<_, Option<i64>>(4).unwrap_or(0),
+        })
+        .collect();
+    Ok((usize::try_from(subscriptions).unwrap_or(0), tables))
+}
+
+/// A summary of the initial sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub total: usize,
+    pub ready: usize,
+    /// Tables per state letter.
+    pub states: BTreeMap<String, usize>,
+    /// Bytes in the subscribed tables here so far.
+    pub bytes: i64,
+    /// Tables whose data is being copied now.
+    pub copying: Vec<String>,
+}
+
+impl Progress {
+    pub fn of(tables: &[SyncTable]) -> Progress {
+        let mut states = BTreeMap::new();
+        for t in tables {
+            *states.entry(t.state.clone()).or_insert(0) += 1;
+        }
+        Progress {
+            total: tables.len(),
+            ready: states.get("r").copied().unwrap_or(0),
+            states,
+            bytes: tables.iter().map(|t| t.size).sum(),
+            copying: tables
+                .iter()
+                .filter(|t| t.state == "d")
+                .map(|t| t.table.to_string())
+                .collect(),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.ready == self.total
+    }
+
+    /// "3/5 tables ready (d data copy 1, i init 1), 12.0 MiB here; copying public.big"
+    pub fn line(&self) -> String {
+        let others: Vec<String> = self
+            .states
+            .iter()
+            .filter(|(s, _)| s.as_str() != "r")
+            .map(|(s, n)| format!("{s} {} {n}", state_name(s)))
+            .collect();
+        let mut line = format!("{}/{} tables ready", self.ready, self.total);
+        if !others.is_empty() {
+            line.push_str(&format!(" ({})", others.join(", ")));
+        }
+        line.push_str(&format!(", {} copied", bytes(self.bytes)));
+        if !self.copying.is_empty() {
+            line.push_str(&format!("; copying {}", self.copying.join(", ")));
+        }
+        line
+    }
+
+    /// `[##########··········]`
+    fn bar(&self, width: usize) -> String {
+        let filled = (self.ready * width)
+            .checked_div(self.total)
+            .unwrap_or(width);
+        format!("[{}{}]", "#".repeat(filled), "·".repeat(width - filled))
+    }
+}
+
+/// `status --watch`: follows the initial sync of this database's subscriptions until every
+/// table is ready (`r`). On a terminal, one redrawn progress line; otherwise a plain line
+/// whenever the summary changes. `timeout`: give up with an error after that long.
+pub fn watch(db: &mut Db, interval: Duration, timeout: Option<Duration>) -> Result<(), Error> {
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let (subscriptions, tables) = sync_tables(db)?;
+        if subscriptions == 0 {
+            return Err(Error::Watch(format!(
+                "{} has no subscription in this database: status --watch follows a subscriber's \
+                 initial table sync, so point --database-url at the subscriber",
+                db.server
+            )));
+        }
+        let progress = Progress::of(&tables);
+        let line = progress.line();
+        let elapsed = started.elapsed().as_secs_f64();
+        if tty {
+            print!("\r\x1b[2K{} {line}", progress.bar(24));
+            std::io::stdout().flush()?;
+        } else if line != last {
+            println!("[{elapsed:6.1}s] {line}");
+        }
+        last = line;
+        if progress.done() {
+            if tty {
+                println!();
+            }
+            println!(
+                "initial sync done: {} table(s) ready, {} here, after {elapsed:.1} s",
+                progress.total,
+                bytes(progress.bytes)
+            );
+            return Ok(());
+        }
+        let remaining = match timeout {
+            Some(t) if started.elapsed() >= t => {
+                if tty {
+                    println!();
+                }
+                return Err(Error::Watch(format!(
+                    "initial table sync on {} not finished after {}: {last}",
+                    db.server,
+                    humantime::format_duration(t)
+                )));
+            }
+            Some(t) => t - started.elapsed(),
+            None => interval,
+        };
+        std::thread::sleep(interval.min(remaining));
+    }
+}
+
+/// `status`: the report, printed.
+pub fn status(db: &mut Db) -> Result<(), Error> {
+    let row = db.query_one(
+        "SELECT current_setting('server_version'), current_setting('wal_level'), pg_catalog.pg_is_in_recovery()",
+        &[],
+    )?;
+    let (version, wal_level, standby): (String, String, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    println!(
+        "server {}: PostgreSQL {version}, wal_level {wal_level}, {}, connected as {}",
+        db.server,
+        if standby { "standby" } else { "primary" },
+        quote_ident(&db.user)
+    );
+    publications(db)?;
+    slots(db, standby)?;
+    subscriptions(db)
+}
+
+/// `title (n):`, or `title: none` and false when there is nothing to list.
+fn heading(title: &str, n: usize) -> bool {
+    if n == 0 {
+        println!("{title}: none");
+    } else {
+        println!("{title} ({n}):");
+    }
+    n > 0
+}
+
+fn publications(db: &mut Db) -> Result<(), Error> {
+    let rows = db.query(
+        "SELECT p.pubname::text, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, \
+                (SELECT count(*) FROM pg_catalog.pg_publication_tables t WHERE t.pubname = p.pubname) \
+         FROM pg_catalog.pg_publication p ORDER BY 1",
+        &[],
+    )?;
+    if !heading("publications", rows.len()) {
+        return Ok(());
+    }
+    for r in &rows {
+        let name: String = r.get(0);
+        let all: bool = r.get(1);
+        let ops: Vec<&str> = [(2, "insert"), (3, "update"), (4, "delete"), (5, "truncate")]
+            .into_iter()
+            .filter(|(i, _)| r.get::<_, bool>(*i))
+            .map(|(_, op)| op)
+            .collect();
+        let count: i64 = r.get(6);
+        println!(
+            "  {}: {}{count} table(s), publishes {}",
+            quote_ident(&name),
+            if all { "FOR ALL TABLES, " } else { "" },
+            if ops.is_empty() {
+                "nothing".into()
+            } else {
+                ops.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+fn slots(db: &mut Db, standby: bool) -> Result<(), Error> {
+    let lag = if standby {
+        "NULL::int8"
+    } else {
+        "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), \
+         coalesce(s.confirmed_flush_lsn, s.restart_lsn))::int8"
+    };
+    let rows = db.query(
+        &format!(
+            "SELECT s.slot_name::text, s.slot_type, coalesce(s.plugin::text, ''), s.active, {lag}, \
+                    coalesce(s.confirmed_flush_lsn, s.restart_lsn)::text, s.database::text, \
+                    extract(epoch FROM r.write_lag)::float8, extract(epoch FROM r.replay_lag)::float8, \
+                    r.application_name \
+             FROM pg_catalog.pg_replication_slots s \
+             LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid ORDER BY 1"
+        ),
+        &[],
+    )?;
+    if !heading("replication slots", rows.len()) {
+        return Ok(());
+    }
+    for r in &rows {
+        let name: String = r.get(0);
+        let kind: String = r.get(1);
+        let plugin: String = r.get(2);
+        let active: bool = r.get(3);
+        let behind: Option<i64> = r.get(4);
+        let lsn: Option<String> = r.get(5);
+        let database: Option<String> = r.get(6);
+        let (write_lag, replay_lag): (Option<f64>, Option<f64>) = (r.get(7), r.get(8));
+        let client: Option<String> = r.get(9);
+        let what = if plugin.is_empty() {
+            kind
+        } else {
+            format!(
+                "{kind} ({plugin}, database {})",
+                database.unwrap_or_default()
+            )
+        };
+        let mut line = format!(
+            "  {}: {what}, {}",
+            quote_ident(&name),
+            if active { "active" } else { "inactive" }
+        );
+        if let Some(behind) = behind {
+            line.push_str(&format!(", {} behind", bytes(behind)));
+        }
+        if let Some(lsn) = lsn {
+            line.push_str(&format!(" (confirmed {lsn})"));
+        }
+        if active {
+            line.push_str(&format!(
+                "; write lag {}, replay lag {}",
+                seconds(write_lag),
+                seconds(replay_lag)
+            ));
+            if let Some(client) = client.filter(|c| !c.is_empty()) {
+                line.push_str(&format!(", client {client}"));
+            }
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn subscriptions(db: &mut Db) -> Result<(), Error> {
+    let rows = db.query(
+        &format!(
+            "SELECT s.subname::text, s.subenabled, s.subpublications::text[], st.pid IS NOT NULL, \
+                    st.received_lsn::text, extract(epoch FROM now() - st.last_msg_receipt_time)::float8, \
+                    st.latest_end_lsn::text, extract(epoch FROM now() - st.latest_end_time)::float8 \
+             FROM pg_catalog.pg_subscription s \
+             LEFT JOIN LATERAL (SELECT * FROM pg_catalog.pg_stat_subscription x \
+                                WHERE x.subid = s.oid AND x.relid IS NULL \
+                                ORDER BY x.received_lsn DESC NULLS LAST LIMIT 1) st ON true \
+             WHERE s.subdbid = {THIS_DATABASE} ORDER BY 1"
+        ),
+        &[],
+    )?;
+    if !heading("subscriptions", rows.len()) {
+        return Ok(());
+    }
+    let (_, tables) = sync_tables(db)?;
+    for r in &rows {
+        let name: String = r.get(0);
+        let enabled: bool = r.get(1);
+        let publications: Vec<String> = r.get(2);
+        let running: bool = r.get(3);
+        let received: Option<String> = r.get(4);
+        let last_msg: Option<f64> = r.get(5);
+        let latest_end: Option<String> = r.get(6);
+        let behind: Option<f64> = r.get(7);
+        println!(
+            "  {}: {}, apply worker {}, publication(s) {}",
+            quote_ident(&name),
+            if enabled { "enabled" } else { "disabled" },
+            if running { "running" } else { "not running" },
+            publications
+                .iter()
+                .map(|p| quote_ident(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if running {
+            println!(
+                "    received up to {}, last message {} ago; reported {} to the publisher {} ago (seconds behind, at most)",
+                received.unwrap_or_else(|| "n/a".into()),
+                seconds(last_msg),
+                latest_end.unwrap_or_else(|| "n/a".into()),
+                seconds(behind)
+            );
+        }
+        let mine: Vec<SyncTable> = tables
+            .iter()
+            .filter(|t| t.subscription == name)
+            .cloned()
+            .collect();
+        println!("    {}", Progress::of(&mine).line());
+        for t in &mine {
+            println!(
+                "      {} {:<13} {:>10}  {}",
+                t.state,
+                state_name(&t.state),
+                bytes(t.size),
+                t.table
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(state: &str, size: i64) -> SyncTable {
+        SyncTable {
+            subscription: "s".into(),
+            table: QualifiedName::new("public", &format!("t_{state}_{size}")),
+            state: state.into(),
+            size,
+        }
+    }
+
+    #[test]
+    fn sizes_read_like_a_dba_expects() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(8 * 1024 * 1024), "8.0 MiB");
+    }
+
+    #[test]
+    fn progress_lines() {
+        let p = Progress::of(&[t("r", 1024), t("d", 2048), t("i", 0)]);
+        assert!(!p.done());
+        assert_eq!(
+            p.line(),
+            "1/3 tables ready (d data copy 1, i init 1), 3.0 KiB copied; copying public.t_d_2048"
+        );
+        assert_eq!(p.bar(6), "[##····]");
+        let done = Progress::of(&[t("r", 1), t("r", 2)]);
+        assert!(done.done());
+        assert_eq!(done.line(), "2/2 tables ready, 3 B copied");
+        assert!(Progress::of(&[]).done());
+    }
+}
