@@ -145,6 +145,12 @@ struct StatusArgs {
     /// With --watch: give up (exit 1) after this long.
     #[arg(long, value_parser = humantime::parse_duration, requires = "watch")]
     timeout: Option<Duration>,
+    /// With --watch: the publisher, so bytes copied are shown against the tables' size there.
+    #[arg(long, value_name = "URL", requires = "watch")]
+    publisher_url: Option<String>,
+    /// A file (mode 0600) with the password for --publisher-url.
+    #[arg(long, value_name = "FILE", requires = "publisher_url")]
+    publisher_password_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -238,7 +244,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut publ = Db::connect(&publisher_endpoint(&publisher)?, true)?;
             subscriber::sync_sequences(&mut db, &mut publ)?
         }
-        Command::Status(args) if args.watch => status::watch(&mut db, args.interval, args.timeout)?,
+        Command::Status(args) if args.watch => {
+            let mut publ = match &args.publisher_url {
+                Some(url) => Some(Db::connect(
+                    &Endpoint::new(
+                        url,
+                        "--publisher-url",
+                        args.publisher_password_file.as_deref(),
+                        "--publisher-password-file",
+                    )?,
+                    true,
+                )?),
+                None => None,
+            };
+            status::watch(&mut db, publ.as_mut(), args.interval, args.timeout)?
+        }
         Command::Status(_) => status::status(&mut db)?,
     }
     Ok(())

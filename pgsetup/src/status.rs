@@ -100,6 +100,8 @@ pub struct Progress {
     pub states: BTreeMap<String, usize>,
     /// Bytes in the subscribed tables here so far.
     pub bytes: i64,
+    /// The same tables' size on the publisher, when it was asked (`--publisher-url`).
+    pub publisher_bytes: Option<i64>,
     /// Tables whose data is being copied now.
     pub copying: Vec<String>,
 }
@@ -115,6 +117,7 @@ impl Progress {
             ready: states.get("r").copied().unwrap_or(0),
             states,
             bytes: tables.iter().map(|t| t.size).sum(),
+            publisher_bytes: None,
             copying: tables
                 .iter()
                 .filter(|t| t.state == "d")
@@ -139,7 +142,16 @@ impl Progress {
         if !others.is_empty() {
             line.push_str(&format!(" ({})", others.join(", ")));
         }
-        line.push_str(&format!(", {} copied", bytes(self.bytes)));
+        match self.publisher_bytes {
+            // Sizes on disk differ between two servers (free space, TOAST), so "of" is
+            // approximate: the copy is done when every table is ready, not at 100 %.
+            Some(total) if total > 0 => line.push_str(&format!(
+                ", {} of ~{} copied",
+                bytes(self.bytes),
+                bytes(total)
+            )),
+            _ => line.push_str(&format!(", {} copied", bytes(self.bytes))),
+        }
         if !self.copying.is_empty() {
             line.push_str(&format!("; copying {}", self.copying.join(", ")));
         }
@@ -148,9 +160,15 @@ impl Progress {
 
     /// `[##########··········]`
     fn bar(&self, width: usize) -> String {
-        let filled = (self.ready * width)
-            .checked_div(self.total)
-            .unwrap_or(width);
+        let filled = match self.publisher_bytes {
+            Some(total) if total > 0 && !self.done() => {
+                let ratio = (self.bytes as f64 / total as f64).clamp(0.0, 0.99);
+                (ratio * width as f64) as usize
+            }
+            _ => (self.ready * width)
+                .checked_div(self.total)
+                .unwrap_or(width),
+        };
         format!("[{}{}]", "#".repeat(filled), "·".repeat(width - filled))
     }
 }
@@ -158,10 +176,19 @@ impl Progress {
 /// `status --watch`: follows the initial sync of this database's subscriptions until every
 /// table is ready (`r`). On a terminal, one redrawn progress line; otherwise a plain line
 /// whenever the summary changes. `timeout`: give up with an error after that long.
-pub fn watch(db: &mut Db, interval: Duration, timeout: Option<Duration>) -> Result<(), Error> {
+///
+/// With `publisher`, the subscribed tables' size there is the total the bytes copied are
+/// shown against (and the terminal bar follows bytes rather than tables).
+pub fn watch(
+    db: &mut Db,
+    mut publisher: Option<&mut Db>,
+    interval: Duration,
+    timeout: Option<Duration>,
+) -> Result<(), Error> {
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut last = String::new();
+    let mut totals: Option<(usize, i64)> = None;
     loop {
         let (subscriptions, tables) = sync_tables(db)?;
         if subscriptions == 0 {
@@ -171,7 +198,14 @@ pub fn watch(db: &mut Db, interval: Duration, timeout: Option<Duration>) -> Resu
                 db.server
             )));
         }
-        let progress = Progress::of(&tables);
+        let mut progress = Progress::of(&tables);
+        if let Some(publ) = publisher.as_deref_mut() {
+            // Once per set of tables: their size there hardly moves during the copy.
+            if totals.is_none_or(|(n, _)| n != tables.len()) {
+                totals = Some((tables.len(), size_on(publ, &tables)?));
+            }
+            progress.publisher_bytes = totals.map(|(_, b)| b);
+        }
         let line = progress.line();
         let elapsed = started.elapsed().as_secs_f64();
         if tty {
@@ -208,6 +242,18 @@ pub fn watch(db: &mut Db, interval: Duration, timeout: Option<Duration>) -> Resu
         };
         std::thread::sleep(interval.min(remaining));
     }
+}
+
+/// The total size of `tables` on `publ` (tables it does not have count 0).
+fn size_on(publ: &mut Db, tables: &[SyncTable]) -> Result<i64, Error> {
+    let names: Vec<String> = tables.iter().map(|t| t.table.quoted()).collect();
+    Ok(publ
+        .query_one(
+            "SELECT coalesce(sum(pg_catalog.pg_table_size(pg_catalog.to_regclass(n))), 0)::int8 \
+             FROM unnest($1::text[]) n",
+            &[&names],
+        )?
+        .get(0))
 }
 
 /// `status`: the report, printed.
@@ -437,5 +483,12 @@ mod tests {
         assert!(done.done());
         assert_eq!(done.line(), "2/2 tables ready, 3 B copied");
         assert!(Progress::of(&[]).done());
+        let mut p = Progress::of(&[t("r", 1024), t("d", 1024)]);
+        p.publisher_bytes = Some(4096);
+        assert_eq!(
+            p.line(),
+            "1/2 tables ready (d data copy 1), 2.0 KiB of ~4.0 KiB copied; copying public.t_d_1024"
+        );
+        assert_eq!(p.bar(8), "[####····]");
     }
 }

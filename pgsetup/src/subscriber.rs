@@ -177,6 +177,7 @@ pub fn setup(sub: &mut Db, publisher: &Endpoint, req: &SubscriptionSetup) -> Res
     }
     check_publisher_slots(&mut publ, &req.subscription)?;
 
+    warn_about_workers(sub)?;
     let tables = published_tables(&mut publ, &req.publications)?;
     if req.copy_schema {
         copy_schema(
@@ -209,6 +210,32 @@ pub fn setup(sub: &mut Db, publisher: &Endpoint, req: &SubscriptionSetup) -> Res
         redact(&conninfo),
         tables.len()
     ));
+    Ok(())
+}
+
+/// Warns when the subscriber's logical replication workers are all (or nearly all) taken by
+/// enabled subscriptions: the new subscription's table sync would then wait in state `i`
+/// for a worker that never comes free.
+fn warn_about_workers(sub: &mut Db) -> Result<(), Error> {
+    let row = sub.query_one(
+        "SELECT (SELECT count(*) FROM pg_catalog.pg_subscription WHERE subenabled), \
+                current_setting('max_logical_replication_workers')::int8, \
+                current_setting('max_sync_workers_per_subscription')::int8",
+        &[],
+    )?;
+    let (enabled, max_workers, sync_workers): (i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    // Its apply worker and at least one table-sync worker.
+    if enabled + 2 > max_workers {
+        sub.say(&format!(
+            "warning: max_logical_replication_workers is {max_workers} on {} and {enabled} \
+             subscription(s) are enabled on that server, so the new one's table sync may wait in \
+             state i for a free worker: ALTER SYSTEM SET max_logical_replication_workers = {}; \
+             (and max_worker_processes above it), then restart the server",
+            sub.server,
+            enabled + 1 + sync_workers.max(1)
+        ));
+    }
     Ok(())
 }
 

@@ -349,9 +349,17 @@ fn publisher_and_subscriber_from_nothing_to_equal_data() {
 
     // status --watch, not on a terminal: plain lines until every table is ready.
     on_sub
-        .cmd("status --watch --interval 100ms --timeout 60s", &[])
+        .cmd(
+            "status --watch --interval 100ms --timeout 60s --publisher-url",
+            &[&pub_conninfo, "--publisher-password-file", s(&pw)],
+        )
         .assert_ok()
-        .assert_says(&["tables ready", "initial sync done: 4 table(s) ready"]);
+        .assert_says(&[
+            "tables ready",
+            "KiB copied",
+            " of ~",
+            "initial sync done: 4 table(s) ready",
+        ]);
     let states = "SELECT string_agg(DISTINCT srsubstate::text, '') FROM pg_subscription_rel";
     assert_eq!(sub.sql(DB, states), "r");
 
@@ -466,7 +474,7 @@ fn publisher_and_subscriber_from_nothing_to_equal_data() {
 fn bad_input_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pw = secret_file(dir.path(), "pg.pw", PG_PASSWORD, 0o600);
-    let replica = PgCluster::start(&PgOptions::default());
+    let mut replica = PgCluster::start(&PgOptions::default());
     let publ = PgCluster::start(&PgOptions {
         logical: true,
         ..Default::default()
@@ -598,6 +606,38 @@ fn bad_input_is_refused_with_the_fix() {
     )
     .assert_exit(1, &["lower-case letters"]);
     assert_eq!(replica.sql(DB, "SELECT count(*) FROM pg_subscription"), "0");
+
+    // --watch gives up after --timeout, exit 1: a disabled subscription never syncs.
+    replica.sql(DB, "CREATE TABLE t (id int PRIMARY KEY)");
+    replica.sql(
+        DB,
+        &format!(
+            "CREATE SUBSCRIPTION idle CONNECTION '{pub_conninfo} password={PG_PASSWORD}' \
+             PUBLICATION present WITH (enabled = false)"
+        ),
+    );
+    on_replica
+        .cmd("status --watch --interval 200ms --timeout 1s", &[])
+        .assert_exit(1, &["not finished after 1s: 0/1 tables ready (i init 1)"]);
+    on_replica
+        .cmd("status", &[])
+        .assert_ok()
+        .assert_says(&[r#""idle": disabled, apply worker not running"#, "i init"]);
+    // No replication slots to spare: the setting, and the line that fixes it.
+    let conf = replica.data_dir().join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    text.push_str("\nwal_level = logical\nmax_replication_slots = 0\n");
+    std::fs::write(&conf, text).expect("postgresql.conf");
+    replica.restart();
+    on_replica
+        .cmd("publisher setup --publication p", &[])
+        .assert_exit(
+            1,
+            &[
+                "max_replication_slots is 0",
+                "ALTER SYSTEM SET max_replication_slots = 10;",
+            ],
+        );
 
     // Usage errors exit 2; DATABASE_URL is read from the environment.
     on_pub
