@@ -11,7 +11,8 @@
 //!   [`publisher::drop_tables`]) and the replication role ([`publisher::create_role`]).
 //! - [`subscriber`]: `CREATE SUBSCRIPTION` with the optional schema copy ([`schema`]: pg_dump
 //!   found and run) and [`subscriber::sync_sequences`].
-//! - [`status`]: the report, and `--watch` over the initial table sync.
+//! - [`report`]: `status` (text or `--json`); [`status`]: `--watch` over the initial table
+//!   sync.
 //! - [`Db`]: a connection, its errors turned into fixes, and `--dry-run` ([`Db::change`]
 //!   prints instead of running). [`Endpoint`]: a connection string and where its password
 //!   comes from. [`quote`]: identifiers, literals, `schema.table` names.
@@ -24,6 +25,7 @@ pub mod db;
 mod error;
 pub mod publisher;
 pub mod quote;
+pub mod report;
 pub mod schema;
 pub mod status;
 pub mod subscriber;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use replink_pg::quote::{object_name, QualifiedName};
-use replink_pg::{publisher, status, subscriber, Db, Endpoint};
+use replink_pg::{publisher, report, status, subscriber, Db, Endpoint};
 
 /// Set up and watch PostgreSQL logical replication (publications, subscriptions, schema copy,
 /// sequence sync, status).
@@ -139,6 +139,9 @@ struct StatusArgs {
     /// ready; a progress line on a terminal, plain lines otherwise.
     #[arg(long)]
     watch: bool,
+    /// Print the report as JSON (not with --watch).
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
     /// How often --watch looks.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, requires = "watch")]
     interval: Duration,
@@ -259,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             status::watch(&mut db, publ.as_mut(), args.interval, args.timeout)?
         }
-        Command::Status(_) => status::status(&mut db)?,
+        Command::Status(args) => report::status(&mut db, args.json)?,
     }
     Ok(())
 }

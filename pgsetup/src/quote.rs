@@ -48,7 +48,7 @@ pub fn object_name(text: &str) -> Result<String, String> {
 /// `public.auth_session`, `auth_session`, `"My Schema"."Weird ""Table"""`. Unquoted parts
 /// fold to lower case as PostgreSQL folds them; quoted parts are taken as written with `""`
 /// standing for `"`. A name without a schema is found on the server's `search_path`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct QualifiedName {
     pub schema: Option<String>,
     pub name: String,

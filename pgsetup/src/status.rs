@@ -1,15 +1,15 @@
-//! `status`: what a server publishes and subscribes to, how far behind each link is, and
-//! `--watch` over a subscription's initial table sync.
+//! `status --watch`: a subscription's initial table sync followed until every table is
+//! ready, and the pieces the report ([`crate::report`]) shares with it.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use crate::db::Db;
-use crate::quote::{quote_ident, QualifiedName};
+use crate::quote::QualifiedName;
 use crate::Error;
 
-const THIS_DATABASE: &str =
+pub(crate) const THIS_DATABASE: &str =
     "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())";
 
 /// `1.5 MiB`, `312 B`.
@@ -28,7 +28,7 @@ pub fn bytes(n: i64) -> String {
     }
 }
 
-fn seconds(s: Option<f64>) -> String {
+pub(crate) fn seconds(s: Option<f64>) -> String {
     match s {
         Some(s) => format!("{s:.1} s"),
         None => "n/a".into(),
@@ -48,17 +48,22 @@ pub fn state_name(state: &str) -> &'static str {
 }
 
 /// One table of a subscription and its sync state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct SyncTable {
+    #[serde(skip)]
     pub subscription: String,
+    #[serde(flatten)]
     pub table: QualifiedName,
+    /// pg_subscription_rel's letter: i (init), d (data copy), f (finished copy),
+    /// s (synchronized), r (ready).
     pub state: String,
     /// `pg_table_size` here, on the subscriber.
+    #[serde(rename = "size_bytes")]
     pub size: i64,
 }
 
 /// The subscriptions of this database, and the tables of each with their sync state.
-fn sync_tables(db: &mut Db) -> Result<(usize, Vec<SyncTable>), Error> {
+pub(crate) fn sync_tables(db: &mut Db) -> Result<(usize, Vec<SyncTable>), Error> {
     let subscriptions: i64 = db
         .query_one(
             &format!(
@@ -254,199 +259,6 @@ fn size_on(publ: &mut Db, tables: &[SyncTable]) -> Result<i64, Error> {
             &[&names],
         )?
         .get(0))
-}
-
-/// `status`: the report, printed.
-pub fn status(db: &mut Db) -> Result<(), Error> {
-    let row = db.query_one(
-        "SELECT current_setting('server_version'), current_setting('wal_level'), pg_catalog.pg_is_in_recovery()",
-        &[],
-    )?;
-    let (version, wal_level, standby): (String, String, bool) =
-        (row.get(0), row.get(1), row.get(2));
-    println!(
-        "server {}: PostgreSQL {version}, wal_level {wal_level}, {}, connected as {}",
-        db.server,
-        if standby { "standby" } else { "primary" },
-        quote_ident(&db.user)
-    );
-    publications(db)?;
-    slots(db, standby)?;
-    subscriptions(db)
-}
-
-/// `title (n):`, or `title: none` and false when there is nothing to list.
-fn heading(title: &str, n: usize) -> bool {
-    if n == 0 {
-        println!("{title}: none");
-    } else {
-        println!("{title} ({n}):");
-    }
-    n > 0
-}
-
-fn publications(db: &mut Db) -> Result<(), Error> {
-    let rows = db.query(
-        "SELECT p.pubname::text, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, \
-                (SELECT count(*) FROM pg_catalog.pg_publication_tables t WHERE t.pubname = p.pubname) \
-         FROM pg_catalog.pg_publication p ORDER BY 1",
-        &[],
-    )?;
-    if !heading("publications", rows.len()) {
-        return Ok(());
-    }
-    for r in &rows {
-        let name: String = r.get(0);
-        let all: bool = r.get(1);
-        let ops: Vec<&str> = [(2, "insert"), (3, "update"), (4, "delete"), (5, "truncate")]
-            .into_iter()
-            .filter(|(i, _)| r.get::<_, bool>(*i))
-            .map(|(_, op)| op)
-            .collect();
-        let count: i64 = r.get(6);
-        println!(
-            "  {}: {}{count} table(s), publishes {}",
-            quote_ident(&name),
-            if all { "FOR ALL TABLES, " } else { "" },
-            if ops.is_empty() {
-                "nothing".into()
-            } else {
-                ops.join(", ")
-            }
-        );
-    }
-    Ok(())
-}
-
-fn slots(db: &mut Db, standby: bool) -> Result<(), Error> {
-    let lag = if standby {
-        "NULL::int8"
-    } else {
-        "pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), \
-         coalesce(s.confirmed_flush_lsn, s.restart_lsn))::int8"
-    };
-    let rows = db.query(
-        &format!(
-            "SELECT s.slot_name::text, s.slot_type, coalesce(s.plugin::text, ''), s.active, {lag}, \
-                    coalesce(s.confirmed_flush_lsn, s.restart_lsn)::text, s.database::text, \
-                    extract(epoch FROM r.write_lag)::float8, extract(epoch FROM r.replay_lag)::float8, \
-                    r.application_name \
-             FROM pg_catalog.pg_replication_slots s \
-             LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid ORDER BY 1"
-        ),
-        &[],
-    )?;
-    if !heading("replication slots", rows.len()) {
-        return Ok(());
-    }
-    for r in &rows {
-        let name: String = r.get(0);
-        let kind: String = r.get(1);
-        let plugin: String = r.get(2);
-        let active: bool = r.get(3);
-        let behind: Option<i64> = r.get(4);
-        let lsn: Option<String> = r.get(5);
-        let database: Option<String> = r.get(6);
-        let (write_lag, replay_lag): (Option<f64>, Option<f64>) = (r.get(7), r.get(8));
-        let client: Option<String> = r.get(9);
-        let what = if plugin.is_empty() {
-            kind
-        } else {
-            format!(
-                "{kind} ({plugin}, database {})",
-                database.unwrap_or_default()
-            )
-        };
-        let mut line = format!(
-            "  {}: {what}, {}",
-            quote_ident(&name),
-            if active { "active" } else { "inactive" }
-        );
-        if let Some(behind) = behind {
-            line.push_str(&format!(", {} behind", bytes(behind)));
-        }
-        if let Some(lsn) = lsn {
-            line.push_str(&format!(" (confirmed {lsn})"));
-        }
-        if active {
-            line.push_str(&format!(
-                "; write lag {}, replay lag {}",
-                seconds(write_lag),
-                seconds(replay_lag)
-            ));
-            if let Some(client) = client.filter(|c| !c.is_empty()) {
-                line.push_str(&format!(", client {client}"));
-            }
-        }
-        println!("{line}");
-    }
-    Ok(())
-}
-
-fn subscriptions(db: &mut Db) -> Result<(), Error> {
-    let rows = db.query(
-        &format!(
-            "SELECT s.subname::text, s.subenabled, s.subpublications::text[], st.pid IS NOT NULL, \
-                    st.received_lsn::text, extract(epoch FROM now() - st.last_msg_receipt_time)::float8, \
-                    st.latest_end_lsn::text, extract(epoch FROM now() - st.latest_end_time)::float8 \
-             FROM pg_catalog.pg_subscription s \
-             LEFT JOIN LATERAL (SELECT * FROM pg_catalog.pg_stat_subscription x \
-                                WHERE x.subid = s.oid AND x.relid IS NULL \
-                                ORDER BY x.received_lsn DESC NULLS LAST LIMIT 1) st ON true \
-             WHERE s.subdbid = {THIS_DATABASE} ORDER BY 1"
-        ),
-        &[],
-    )?;
-    if !heading("subscriptions", rows.len()) {
-        return Ok(());
-    }
-    let (_, tables) = sync_tables(db)?;
-    for r in &rows {
-        let name: String = r.get(0);
-        let enabled: bool = r.get(1);
-        let publications: Vec<String> = r.get(2);
-        let running: bool = r.get(3);
-        let received: Option<String> = r.get(4);
-        let last_msg: Option<f64> = r.get(5);
-        let latest_end: Option<String> = r.get(6);
-        let behind: Option<f64> = r.get(7);
-        println!(
-            "  {}: {}, apply worker {}, publication(s) {}",
-            quote_ident(&name),
-            if enabled { "enabled" } else { "disabled" },
-            if running { "running" } else { "not running" },
-            publications
-                .iter()
-                .map(|p| quote_ident(p))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        if running {
-            println!(
-                "    received up to {}, last message {} ago; reported {} to the publisher {} ago (seconds behind, at most)",
-                received.unwrap_or_else(|| "n/a".into()),
-                seconds(last_msg),
-                latest_end.unwrap_or_else(|| "n/a".into()),
-                seconds(behind)
-            );
-        }
-        let mine: Vec<SyncTable> = tables
-            .iter()
-            .filter(|t| t.subscription == name)
-            .cloned()
-            .collect();
-        println!("    {}", Progress::of(&mine).line());
-        for t in &mine {
-            println!(
-                "      {} {:<13} {:>10}  {}",
-                t.state,
-                state_name(&t.state),
-                bytes(t.size),
-                t.table
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -468,6 +468,14 @@ fn publisher_and_subscriber_from_nothing_to_equal_data() {
         "r ready",
         WEIRD,
     ]);
+    on_pub.cmd("status --json", &[]).assert_ok().assert_says(&[
+        r#""name": "replink","#,
+        r#""all_tables": true,"#,
+        r#""lag_bytes": "#,
+    ]);
+    let out = on_sub.cmd("status --json", &[]).assert_ok();
+    out.assert_says(&[r#""worker_running": true,"#, r#""schema": "My Schema","#]);
+    assert_eq!(out.stdout_text().matches(r#""state": "r""#).count(), 4);
 }
 
 #[test]
