@@ -606,6 +606,33 @@ fn bad_input_is_refused_with_the_fix() {
         &conninfo(&replica),
     )
     .assert_exit(1, &["ALTER SYSTEM SET wal_level = logical;"]);
+    // --copy-schema with a pg_dump older than the publisher.
+    let major = publ.sql(
+        DB,
+        "SELECT current_setting('server_version_num')::int / 10000",
+    );
+    let old_dump = secret_file(
+        dir.path(),
+        "pg_dump",
+        "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n",
+        0o700,
+    );
+    subscribe(
+        &on_replica,
+        &format!(
+            "--subscription s1 --publication present --copy-schema --pg-dump {}",
+            s(&old_dump)
+        ),
+        &pub_conninfo,
+    )
+    .assert_exit(
+        1,
+        &[
+            &format!("runs PostgreSQL {major}"),
+            "version 9) is older",
+            &format!("install postgresql-client-{major}"),
+        ],
+    );
     // A subscription name that cannot be a slot name.
     subscribe(
         &on_replica,
