@@ -22,27 +22,68 @@ pub enum Mode {
     Forward(ForwardTarget),
 }
 
-/// `--route SNI=HOST:PORT`: connections whose SNI matches `pattern` go to `target`.
+/// `--route SNI=HOST:PORT[:postgres]`: connections whose SNI matches `pattern` go to `target`.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub pattern: SniPattern,
     pub target: Target,
+    pub kind: RouteKind,
 }
 
 impl FromStr for Route {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (sni, target) = s
+        let (sni, rest) = s
             .split_once('=')
-            .ok_or_else(|| format!("route {s:?} is not of the form SNI=HOST:PORT"))?;
+            .ok_or_else(|| format!("route {s:?} is not of the form SNI=HOST:PORT[:postgres]"))?;
         let pattern = sni
             .parse::<SniPattern>()
             .map_err(|e| format!("route {s:?}: bad SNI pattern {sni:?}: {e}"))?;
+        // A port is digits, a kind is letters: the last `:` part tells which (an IPv6 host is
+        // bracketed, `[::1]:5432:postgres`, so its colons never end the spec).
+        let (target, kind) = match rest.rsplit_once(':') {
+            Some((target, kind)) if kind.bytes().any(|b| b.is_ascii_alphabetic()) => (
+                target,
+                kind.parse::<RouteKind>()
+                    .map_err(|e| format!("route {s:?}: {e}"))?,
+            ),
+            _ => (rest, RouteKind::Stream),
+        };
         let target = target
             .parse::<Target>()
             .map_err(|e| format!("route {s:?}: {e}"))?;
-        Ok(Route { pattern, target })
+        Ok(Route {
+            pattern,
+            target,
+            kind,
+        })
+    }
+}
+
+/// What a route's upstream speaks, which decides how clients may reach it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RouteKind {
+    /// Any byte stream, reached by TLS from the first byte (a replink forward end, or any TLS
+    /// client such as `openssl s_client`).
+    #[default]
+    Stream,
+    /// A PostgreSQL server (`:postgres`): also reachable by libpq itself, with an SSLRequest
+    /// before TLS or with direct TLS and ALPN `postgresql`. A listener with such a route reads
+    /// libpq's plaintext preamble before the handshake (see `pg`).
+    Postgres,
+}
+
+impl FromStr for RouteKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "postgres" => Ok(RouteKind::Postgres),
+            _ => Err(format!(
+                "unknown route kind {s:?} (the one suffix after HOST:PORT is `postgres`)"
+            )),
+        }
     }
 }
 
@@ -177,7 +218,7 @@ impl ListenerConfig {
         if let Mode::Reverse { routes } = &self.mode {
             if routes.is_empty() {
                 return Err(Error::Config(
-                    "reverse-proxy needs at least one --route SNI=HOST:PORT".into(),
+                    "reverse-proxy needs at least one --route SNI=HOST:PORT[:postgres]".into(),
                 ));
             }
         }
@@ -226,9 +267,44 @@ mod tests {
     fn routes() {
         let r: Route = "pg.repl.test=127.0.0.1:5432".parse().unwrap();
         assert_eq!(r.target.addrs, vec!["127.0.0.1:5432".parse().unwrap()]);
+        assert_eq!(r.kind, RouteKind::Stream);
         assert!("*.repl.test=127.0.0.1:1".parse::<Route>().is_ok());
         assert!("pg.repl.test".parse::<Route>().is_err());
         assert!("pg.repl.test=127.0.0.1".parse::<Route>().is_err());
         assert!("bad name=127.0.0.1:1".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn postgres_routes() {
+        let r: Route = "pg.repl.test=127.0.0.1:5432:postgres".parse().unwrap();
+        assert_eq!(r.kind, RouteKind::Postgres);
+        assert_eq!(r.target.spec, "127.0.0.1:5432");
+        assert_eq!(r.target.addrs, vec!["127.0.0.1:5432".parse().unwrap()]);
+
+        let r: Route = "pg.repl.test=[::1]:5432:postgres".parse().unwrap();
+        assert_eq!(r.kind, RouteKind::Postgres);
+        assert_eq!(r.target.addrs, vec!["[::1]:5432".parse().unwrap()]);
+        let r: Route = "pg.repl.test=[::1]:5432".parse().unwrap();
+        assert_eq!(r.kind, RouteKind::Stream);
+        assert_eq!(r.target.addrs, vec!["[::1]:5432".parse().unwrap()]);
+        let r: Route = "*.repl.test=localhost:5432:postgres".parse().unwrap();
+        assert_eq!(
+            (r.kind, r.target.spec.as_str()),
+            (RouteKind::Postgres, "localhost:5432")
+        );
+
+        let err = "pg.repl.test=127.0.0.1:5432:mysql"
+            .parse::<Route>()
+            .unwrap_err();
+        assert!(err.contains("unknown route kind \"mysql\""), "{err}");
+        assert!("pg.repl.test=127.0.0.1:5432:Postgres"
+            .parse::<Route>()
+            .is_err());
+        assert!("pg.repl.test=127.0.0.1:postgres".parse::<Route>().is_err());
+        assert!("pg.repl.test=localhost:postgres".parse::<Route>().is_err());
+        assert!("pg.repl.test=127.0.0.1:5432:postgres:postgres"
+            .parse::<Route>()
+            .is_err());
+        assert!("pg.repl.test=127.0.0.1:5432:".parse::<Route>().is_err());
     }
 }

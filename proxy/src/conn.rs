@@ -1,9 +1,12 @@
 //! One connection from accept to close, for each listener mode.
 //!
 //! ```text
-//! reverse: accept -> read ClientHello -> route by SNI -> rustls handshake -> connect upstream -> relay
+//! reverse: accept -> [libpq preamble] -> read ClientHello -> route by SNI -> rustls handshake
+//!          -> [postgres client: postgres route?] -> connect upstream -> relay
 //! forward: accept -> connect remote -> rustls handshake (SNI, ALPN offer) -> relay
 //! ```
+//! The libpq preamble (SSLRequest, GSSENCRequest, or a plaintext StartupMessage to refuse) is
+//! read only when the listener has a `postgres` route; see `pg`.
 //! Every connection ends in exactly one log line: `closed` with its byte counts, or `refused`
 //! with the reason.
 
@@ -13,17 +16,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use replink_ebpf::{parse_client_hello, HelloError, Parse};
 use rustls::{AlertDescription, ContentType};
 
 use crate::buffers::{read_more, SMALL};
-use crate::config::Target;
+use crate::config::{RouteKind, Target};
+use crate::pg::{self, Next, Preamble, PreambleLog};
 use crate::relay::{relay, ConnError, RelayOptions, Traffic};
 use crate::tls::handshake::Established;
 use crate::tls::record::{self, Sealer};
-use crate::tls::{handshake, ALPN_ZSTD};
+use crate::tls::{handshake, ALPN_POSTGRESQL, ALPN_ZSTD};
 use crate::worker::{ModeState, Shared};
 
 /// What the log line says about a connection besides its outcome.
@@ -34,8 +38,25 @@ struct ConnInfo {
     compressed: bool,
     resumed: bool,
     upstream: Option<String>,
-    /// The TLS handshake completed (a failure after this is not a refusal).
+    /// The ALPN protocol selected, for the log.
+    alpn: Option<String>,
+    /// How a client of a listener with `postgres` routes began (`pg_preamble=`).
+    preamble: Option<PreambleLog>,
+    /// The TLS handshake completed and the route accepted the client (a failure after this is
+    /// not a refusal).
     established: bool,
+}
+
+impl ConnInfo {
+    fn note_handshake(&mut self, est: &Established) {
+        self.peer_subject = est.peer_subject.clone();
+        self.alpn = est
+            .alpn
+            .as_deref()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        self.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
+        self.resumed = est.resumed;
+    }
 }
 
 /// Runs one accepted connection to its end and logs it. Never panics on peer input: every
@@ -58,18 +79,23 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let route = info.route.as_deref().unwrap_or("-");
     let subject = info.peer_subject.as_deref().unwrap_or("-");
     let upstream = info.upstream.as_deref().unwrap_or("-");
+    let alpn = info.alpn.as_deref().unwrap_or("-");
+    let pg_preamble = info.preamble.unwrap_or(pg::NOT_SNIFFED);
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
+            alpn, %pg_preamble,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
         ),
-        Err(e) if !info.established => {
-            tracing::warn!(%peer, route, reason = e.reason(), error = %e, duration_ms = dur_ms, "refused")
-        }
+        Err(e) if !info.established => tracing::warn!(
+            %peer, route, peer_cert = subject, %pg_preamble,
+            reason = e.reason(), error = %e, duration_ms = dur_ms, "refused"
+        ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
+            alpn, %pg_preamble,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -150,10 +176,11 @@ async fn send_plain_alert(sock: &mut TcpStream, desc: AlertDescription) {
 }
 
 /// Reads until the whole ClientHello is in, which may take several TCP segments and records.
+/// `buf` holds what was read already (the start of the first record, after a libpq preamble).
 async fn read_client_hello(
     sock: &mut TcpStream,
+    mut buf: Vec<u8>,
 ) -> Result<(Vec<u8>, replink_ebpf::ClientHello), ConnError> {
-    let mut buf = Vec::with_capacity(SMALL);
     loop {
         match parse_client_hello(&buf) {
             Ok(Parse::Complete(hello)) => return Ok((buf, hello)),
@@ -174,26 +201,119 @@ async fn read_client_hello(
     }
 }
 
+/// Reads libpq's plaintext preamble (see `pg`): answers a GSSENCRequest `N` and an SSLRequest
+/// `S`. Returns the bytes the TLS ClientHello starts with (none after an SSLRequest), or
+/// `PgPlaintext` for a plaintext StartupMessage or CancelRequest, which the caller answers
+/// with [`refuse_plaintext`].
+async fn read_pg_preamble(
+    sock: &mut TcpStream,
+    preamble: &mut Preamble,
+) -> Result<Vec<u8>, ConnError> {
+    // Every decision needs at most 8 bytes past two 8-byte requests, so this one buffer is
+    // never outgrown: a client cannot make the preamble allocate.
+    let mut buf = Vec::with_capacity(SMALL);
+    loop {
+        match preamble.next(&buf)? {
+            Next::Read => {
+                let (res, b) = read_more(sock, buf, 64).await;
+                buf = b;
+                if res.map_err(ConnError::Downstream)? == 0 {
+                    return Err(ConnError::HandshakeEof);
+                }
+            }
+            Next::RefuseGssEnc => {
+                let (res, _) = sock.write_all(pg::ANSWER_NO).await;
+                res.map_err(ConnError::Downstream)?;
+            }
+            Next::StartTls => {
+                let (res, _) = sock.write_all(pg::ANSWER_TLS).await;
+                res.map_err(ConnError::Downstream)?;
+                buf.clear();
+                return Ok(buf);
+            }
+            Next::DirectTls => {
+                buf.drain(..preamble.consumed());
+                return Ok(buf);
+            }
+            Next::RefusePlaintext(what) => return Err(ConnError::PgPlaintext(what)),
+        }
+    }
+}
+
+/// Most a refused plaintext client may still send, and how long it gets (from the
+/// ErrorResponse to its close), before the connection is closed anyway.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Sends a plaintext client the ErrorResponse, then waits briefly for it to close. Closing
+/// with its StartupMessage still unread would send a reset, which can overtake the error on
+/// the client's side and leave it with "connection reset" instead of the reason.
+async fn refuse_plaintext(sock: &mut TcpStream) {
+    let refuse = async {
+        let (res, _) = sock.write_all(pg::plaintext_refusal()).await;
+        if res.is_err() || sock.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(4096);
+        let mut left = DRAIN_LIMIT;
+        while left > 0 {
+            buf.clear();
+            let (res, b) = read_more(sock, buf, 4096).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => left = left.saturating_sub(n),
+                _ => return,
+            }
+        }
+    };
+    let _ = monoio::time::timeout(DRAIN_TIME, refuse).await;
+}
+
 async fn reverse(
     mut client: TcpStream,
     shared: &Shared,
     traffic: &Rc<Traffic>,
     info: &mut ConnInfo,
 ) -> Result<(), ConnError> {
-    let ModeState::Reverse { routes, tls } = &shared.mode else {
+    let ModeState::Reverse {
+        routes,
+        tls,
+        sniff_postgres,
+    } = &shared.mode
+    else {
         return Ok(());
     };
     let deadline = Instant::now() + shared.config.handshake_timeout;
+    let mut preamble = Preamble::new();
+    let start = if *sniff_postgres {
+        let start = with_deadline(
+            deadline,
+            "handshake",
+            read_pg_preamble(&mut client, &mut preamble),
+        )
+        .await;
+        info.preamble = Some(preamble.log_value());
+        if let Err(ConnError::PgPlaintext(_)) = &start {
+            refuse_plaintext(&mut client).await;
+        }
+        start?
+    } else {
+        Vec::with_capacity(SMALL)
+    };
     let (incoming, hello) =
-        with_deadline(deadline, "handshake", read_client_hello(&mut client)).await?;
+        with_deadline(deadline, "handshake", read_client_hello(&mut client, start)).await?;
     let Some(route) = hello.server_name.as_deref().and_then(|n| routes.lookup(n)) else {
         send_plain_alert(&mut client, AlertDescription::UnrecognisedName).await;
         return Err(ConnError::UnknownSni(hello.server_name));
     };
     info.route = Some(route.name.clone());
-    let offer_zstd =
-        route.compress.is_some() && hello.alpn.iter().any(|p| p.as_slice() == ALPN_ZSTD);
-    let config = if offer_zstd {
+    let offers = |p: &[u8]| hello.alpn.iter().any(|a| a.as_slice() == p);
+    // libpq speaks PostgreSQL inside TLS, never replink's zstd framing.
+    let libpq = preamble.is_libpq() || offers(ALPN_POSTGRESQL);
+    let postgres_route = route.kind == RouteKind::Postgres;
+    let config = if libpq && postgres_route && offers(ALPN_POSTGRESQL) {
+        tls.postgres.clone()
+    } else if !libpq && route.compress.is_some() && offers(ALPN_ZSTD) {
         tls.with_zstd.clone()
     } else {
         tls.plain.clone()
@@ -204,9 +324,13 @@ async fn reverse(
         handshake::accept(config, &mut client, incoming),
     )
     .await?;
-    info.peer_subject = est.peer_subject.clone();
-    info.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
-    info.resumed = est.resumed;
+    info.note_handshake(&est);
+    if libpq && !postgres_route {
+        // Checked after the handshake, so a client without a valid certificate learns nothing
+        // about the route beyond what unknown_sni already tells.
+        send_sealed_alert(&mut client, est, AlertDescription::NoApplicationProtocol).await;
+        return Err(ConnError::NotPostgresRoute(route.name.clone()));
+    }
     info.established = true;
     let upstream = match connect(&route.target, shared.config.connect_timeout, shared).await {
         Ok(u) => u,
@@ -255,9 +379,7 @@ async fn forward(
         handshake::connect(tls.clone(), server_name.clone(), &mut remote),
     )
     .await?;
-    info.peer_subject = est.peer_subject.clone();
-    info.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
-    info.resumed = est.resumed;
+    info.note_handshake(&est);
     info.established = true;
     let opts = RelayOptions {
         compress: if info.compressed { *compress } else { None },

@@ -3,15 +3,17 @@
 //! A *reverse* listener takes mutual-TLS connections and routes them by SNI to plaintext
 //! targets; a *forward* listener takes plaintext connections and carries each to a remote
 //! reverse listener over mTLS. Between two replink ends the stream is zstd-compressed when both
-//! agree through ALPN (`replink-zstd/1`); a plain TLS client gets the bytes unchanged.
+//! agree through ALPN (`replink-zstd/1`); a plain TLS client gets the bytes unchanged. A route
+//! marked `postgres` also takes libpq's own TLS (SSLRequest, or ALPN `postgresql`).
 //!
 //! What this crate is not: a general TLS terminator or HTTP proxy. It carries byte streams,
 //! authenticates both ends with certificates, and never falls back to plaintext.
 //!
 //! Main types: [`ListenerConfig`] (what to run), [`start`] → [`ProxyHandle`] (a running
 //! listener with its [`Stats`]). The data path is in `conn` (one connection from accept to
-//! close), `tls` (rustls handshake, then the record layer), `codec` (zstd) and `relay` (the two
-//! pumps). See ARCHITECTURE.md for the map.
+//! close), `pg` (libpq's plaintext preamble, for routes marked `postgres`), `tls` (rustls
+//! handshake, then the record layer), `codec` (zstd) and `relay` (the two pumps). See
+//! ARCHITECTURE.md for the map.
 
 // Unsafe is allowed only in `sys` (socket calls on raw fds) and nowhere else.
 #![deny(unsafe_code)]
@@ -20,6 +22,7 @@ mod buffers;
 mod codec;
 pub mod config;
 mod conn;
+mod pg;
 mod relay;
 #[allow(unsafe_code)]
 mod sys;

@@ -31,8 +31,10 @@ enum Command {
         /// Address to listen on for mTLS connections.
         #[arg(long)]
         listen: SocketAddr,
-        /// SNI=HOST:PORT; repeat for more routes. SNI may be a wildcard (*.repl.example.com),
-        /// matched after exact names.
+        /// SNI=HOST:PORT[:postgres]; repeat for more routes. SNI may be a wildcard
+        /// (*.repl.example.com), matched after exact names. `:postgres` marks a PostgreSQL
+        /// upstream that libpq may also reach directly (SSLRequest, or direct TLS with ALPN
+        /// `postgresql`), with its own client certificate.
         #[arg(long = "route", required = true)]
         routes: Vec<Route>,
         #[command(flatten)]

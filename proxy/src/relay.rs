@@ -65,6 +65,12 @@ pub enum ConnError {
     BadHello(String),
     #[error("no route for SNI {0:?}")]
     UnknownSni(Option<String>),
+    #[error("PostgreSQL {0} in plaintext (TLS is required)")]
+    PgPlaintext(crate::pg::Plaintext),
+    #[error("bad PostgreSQL preamble: {0}")]
+    PgPreamble(#[from] crate::pg::PreambleError),
+    #[error("route {0} is not a postgres route, and the client speaks PostgreSQL")]
+    NotPostgresRoute(String),
 }
 
 impl From<rustls::Error> for ConnError {
@@ -93,6 +99,9 @@ impl ConnError {
             },
             ConnError::BadHello(_) => "bad_client_hello",
             ConnError::UnknownSni(_) => "unknown_sni",
+            ConnError::PgPlaintext(_) => "pg_plaintext_refused",
+            ConnError::PgPreamble(_) => "pg_bad_preamble",
+            ConnError::NotPostgresRoute(_) => "not_postgres_route",
         }
     }
 }
@@ -118,6 +127,9 @@ fn add(c: &Cell<u64>, n: usize) {
 struct Link {
     kernel: RefCell<Kernel>,
     peer_wants_key_update: Cell<bool>,
+    /// `plain_to_tls` when the TLS peer's close_notify was read: bytes counted after it were
+    /// sent to a peer that had already finished.
+    plain_sent_at_peer_close: Cell<Option<u64>>,
     last_activity: Cell<Instant>,
     idle_timeout: Option<Duration>,
     traffic: Rc<Traffic>,
@@ -126,6 +138,16 @@ struct Link {
 impl Link {
     fn touch(&self) {
         self.last_activity.set(Instant::now());
+    }
+
+    /// Whether `e`, on the TLS leg while sending our close_notify, is only the peer having
+    /// left: it sent its own close_notify and closed its socket (libpq and OpenSSL clients
+    /// do, without waiting for ours, as RFC 8446 6.1 allows), and nothing but our
+    /// close_notify was sent since, so no application byte was lost.
+    fn peer_left_before_our_close(&self, e: &std::io::Error) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected};
+        matches!(e.kind(), BrokenPipe | ConnectionReset | NotConnected)
+            && self.plain_sent_at_peer_close.get() == Some(self.traffic.plain_to_tls.get())
     }
 }
 
@@ -148,6 +170,7 @@ pub async fn relay(
     let link = Rc::new(Link {
         kernel: RefCell::new(est.kernel),
         peer_wants_key_update: Cell::new(false),
+        plain_sent_at_peer_close: Cell::new(None),
         last_activity: Cell::new(Instant::now()),
         idle_timeout: opts.idle_timeout,
         traffic,
@@ -390,9 +413,16 @@ impl SealPump<'_> {
                 }
                 let close_notify = record::alert_payload(false, AlertDescription::CloseNotify);
                 self.out.push_record(ContentType::Alert, &close_notify)?;
-                self.flush_out().await?;
-                self.dst.shutdown().await.map_err(ConnError::Downstream)?;
-                return Ok(());
+                let mut sent = self.flush_out().await;
+                if sent.is_ok() {
+                    sent = self.dst.shutdown().await.map_err(ConnError::Downstream);
+                }
+                return match sent {
+                    Err(ConnError::Downstream(e)) if self.link.peer_left_before_our_close(&e) => {
+                        Ok(())
+                    }
+                    other => other,
+                };
             }
             self.link.touch();
             add(&self.link.traffic.plain_to_tls, n);
@@ -555,6 +585,9 @@ impl OpenPump<'_> {
                 out.clear();
             }
             if closed {
+                self.link
+                    .plain_sent_at_peer_close
+                    .set(Some(self.link.traffic.plain_to_tls.get()));
                 if self.decoder.as_ref().is_some_and(|d| d.in_frame()) {
                     return Err(CodecError::Truncated.into());
                 }

@@ -14,7 +14,7 @@ use replink_ebpf::SniTable;
 use rustls_pki_types::ServerName;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Compression, IoDriver, ListenerConfig, Mode, Target};
+use crate::config::{Compression, IoDriver, ListenerConfig, Mode, RouteKind, Target};
 use crate::tls::{self, ServerConfigs};
 use crate::{Error, Stats};
 
@@ -24,12 +24,15 @@ pub struct RouteEntry {
     pub target: Target,
     /// zstd level when the route allows compression.
     pub compress: Option<i32>,
+    pub kind: RouteKind,
 }
 
 pub enum ModeState {
     Reverse {
         routes: SniTable<RouteEntry>,
         tls: ServerConfigs,
+        /// Some route is `postgres`: read libpq's plaintext preamble before TLS.
+        sniff_postgres: bool,
     },
     Forward {
         target: Target,
@@ -102,6 +105,7 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
                     name: r.pattern.to_string(),
                     target: r.target.clone(),
                     compress: level,
+                    kind: r.kind,
                 };
                 table
                     .insert(r.pattern.clone(), entry)
@@ -110,6 +114,7 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
             ModeState::Reverse {
                 routes: table,
                 tls: tls::server_configs(&config.tls)?,
+                sniff_postgres: routes.iter().any(|r| r.kind == RouteKind::Postgres),
             }
         }
         Mode::Forward(f) => {

@@ -28,6 +28,10 @@ use crate::Error;
 /// ALPN protocol that turns on zstd stream compression in both directions.
 pub const ALPN_ZSTD: &[u8] = b"replink-zstd/1";
 
+/// ALPN protocol of PostgreSQL over TLS (libpq 17 offers it, and with `sslnegotiation=direct`
+/// requires the server to select it).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
 /// ring provider with AES-128-GCM first: the fastest AEAD on x86 with AES-NI, as the peers use.
 fn provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
@@ -105,10 +109,14 @@ fn load_trust(files: &TlsFiles) -> Result<(Arc<RootCertStore>, crl::Crls), Error
     Ok((Arc::new(roots), crls))
 }
 
-/// The two server configs of a reverse listener: with the zstd ALPN on offer, and without any
-/// ALPN (so a plain TLS client that offers other protocols, or none, still connects).
+/// The server configs of a reverse listener, one per ALPN answer: the zstd ALPN for a replink
+/// forward end, `postgresql` for libpq on a `postgres` route, and no ALPN at all (so a plain TLS
+/// client that offers other protocols, or none, still connects). rustls refuses a client whose
+/// offer misses every protocol of the config, hence one config per answer, chosen from the
+/// ClientHello.
 pub struct ServerConfigs {
     pub with_zstd: Arc<ServerConfig>,
+    pub postgres: Arc<ServerConfig>,
     pub plain: Arc<ServerConfig>,
 }
 
@@ -138,9 +146,12 @@ pub fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, Error> {
     base.send_tls13_tickets = 2;
     base.max_early_data_size = 0;
     let plain = Arc::new(base.clone());
+    let mut postgres = base.clone();
+    postgres.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     base.alpn_protocols = vec![ALPN_ZSTD.to_vec()];
     Ok(ServerConfigs {
         with_zstd: Arc::new(base),
+        postgres: Arc::new(postgres),
         plain,
     })
 }

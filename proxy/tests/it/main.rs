@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -284,6 +285,45 @@ fn reset_propagates_as_reset() {
         .read_to_end(&mut rest)
         .expect_err("a reset must not look like a clean end of stream");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+/// A TLS client that sends its last bytes and close_notify, then closes its socket without
+/// waiting for ours (libpq's way), ends cleanly when the upstream has nothing more for it; when
+/// the upstream still sends, those bytes are lost and the connection counts as failed.
+#[test]
+fn client_leaving_after_its_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ThrowawayPki::mint(dir.path(), &[SNI]).unwrap();
+    let config = client_config(&pki);
+    for (upstream_tail, want_failed) in [(0usize, 0u64), (1 << 20, 1)] {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = reverse(&pki, l.local_addr().unwrap(), IoDriver::Auto);
+        let mut tls = connect(&config, proxy.local_addr);
+        tls.write_all(b"X\0\0\0\x04").unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        drop(tls);
+        let (mut up, _) = l.accept().unwrap();
+        up.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        up.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"X\0\0\0\x04");
+        let _ = up.write_all(&vec![7u8; upstream_tail]);
+        drop(up);
+        let stats = &proxy.stats;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while stats.established.load(Ordering::Relaxed) == 0
+            || stats.active.load(Ordering::Relaxed) > 0
+        {
+            assert!(std::time::Instant::now() < deadline, "{stats:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            stats.failed.load(Ordering::Relaxed),
+            want_failed,
+            "upstream sent {upstream_tail} bytes after the client left: {stats:?}"
+        );
+    }
 }
 
 /// `replink demo`, the README's first command, runs and verifies its checksums.

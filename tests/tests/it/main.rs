@@ -15,6 +15,11 @@
 //!   running fails closed.
 //! - `pg_setup`: `replink-pg` between two real PostgreSQL clusters: publication, role,
 //!   subscription with `--copy-schema`, data and sequences equal, status, `--dry-run`, bad input.
+//! - `pg_listener`: routes marked `:postgres` take psql 15 itself (`sslmode=verify-full`, client
+//!   certificate, SSLRequest; COPY both ways with checksums) and direct TLS with ALPN
+//!   `postgresql` (s_client); no certificate, plaintext (ErrorResponse), GSSENC, cancel,
+//!   garbage and a stream route are refused, and the server never sees them; forward ends
+//!   still use the route with zstd.
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
@@ -29,6 +34,7 @@
 
 mod data_paths;
 mod openssl_interop;
+mod pg_listener;
 mod pg_setup;
 mod pki_cli;
 mod redis;
