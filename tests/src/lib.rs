@@ -25,6 +25,7 @@ mod gen;
 mod pki;
 mod postgres;
 mod process;
+mod redis;
 mod servers;
 
 use std::sync::OnceLock;
@@ -33,12 +34,13 @@ use std::time::{Duration, Instant};
 pub use bin::{nested_cargo, replink_bin, replink_pg_bin, replink_pki_bin};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
-pub use postgres::{as_postgres, pg_bin_dir, PgCluster, PgOptions, PG_PASSWORD};
 pub use pki::{IssuedFiles, Pki};
+pub use postgres::{as_postgres, pg_bin_dir, PgCluster, PgOptions, PG_PASSWORD};
 pub use process::{
     forward_command, reverse_command, run_replink_expect_failure, start_forward, start_forward_as,
     start_pair, start_reverse, start_reverse_as, LogLine, PairOptions, ReplinkProcess, ROUTE,
 };
+pub use redis::{redis_cli, redis_port_args, RedisServer};
 pub use servers::{
     flags, run_transfer, run_transfer_paused, verify_transfer, ClientReport, EchoServer,
     ServerRecord, StreamServer, Transfer, DOWN_SALT, HEADER_LEN,

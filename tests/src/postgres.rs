@@ -74,31 +74,13 @@ pub fn as_postgres(program: &str, args: Vec<String>) -> (String, Vec<String>) {
 
 impl PgCluster {
     pub fn start(opts: &PgOptions) -> PgCluster {
-        let bin = pg_bin_dir();
-        let dir = tempfile::Builder::new()
-            .prefix("replink-pg-")
-            .tempdir()
-            .expect("temp dir");
-        if running_as_root() {
-            let st = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(st.success(), "chown the cluster dir to postgres");
-        }
-        let data = dir.path().join("data");
-        let pwfile = dir.path().join("pwfile");
+        let mut c = Self::empty();
+        let data = c.data_dir();
+        let pwfile = c.dir.path().join("pwfile");
         std::fs::write(&pwfile, PG_PASSWORD).expect("pwfile");
         if running_as_root() {
             let _ = Command::new("chown").arg("postgres").arg(&pwfile).status();
         }
-        let c = PgCluster {
-            port: crate::free_port(),
-            bin,
-            dir,
-            stopped: true,
-        };
         let out = c.tool(
             "initdb",
             &[
@@ -117,18 +99,7 @@ impl PgCluster {
             ],
         );
         assert!(out.success(), "initdb failed:\n{}", out.text());
-        let mut conf = vec![
-            "listen_addresses = '127.0.0.1'".to_string(),
-            format!("port = {}", c.port),
-            format!("unix_socket_directories = '{}'", c.dir.path().display()),
-            "fsync = off".into(),
-            "synchronous_commit = off".into(),
-            "full_page_writes = off".into(),
-            "max_wal_senders = 10".into(),
-            "max_replication_slots = 10".into(),
-            "wal_sender_timeout = 60s".into(),
-            "logging_collector = off".into(),
-        ];
+        let mut conf = c.own_conf();
         if opts.logical {
             conf.push("wal_level = logical".into());
         }
@@ -139,9 +110,95 @@ impl PgCluster {
             let old = std::fs::read_to_string(&hba).expect("pg_hba.conf");
             std::fs::write(&hba, format!("{}\n{old}", opts.hba.join("\n"))).expect("pg_hba");
         }
-        let mut c = c;
         c.pg_ctl_start();
         c
+    }
+
+    /// A physical standby of the server at `source` (e.g. a replink forward end in front of
+    /// a primary): `pg_basebackup -R -X stream` through it, then started in its own dir and
+    /// port, streaming WAL from `source`.
+    pub fn start_standby(source: SocketAddr) -> PgCluster {
+        let mut c = Self::empty();
+        let data = c.s(&c.data_dir());
+        let port = source.port().to_string();
+        let out = c.tool_env(
+            "pg_basebackup",
+            &[("PGPASSWORD", PG_PASSWORD)],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                // An immediate checkpoint: the default spreads it over most of
+                // checkpoint_timeout (minutes) when the primary has dirty pages.
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.success(),
+            "pg_basebackup through {source} failed:\n{}",
+            out.text()
+        );
+        let mut conf = c.own_conf();
+        conf.push("hot_standby = on".into());
+        conf.push("wal_retrieve_retry_interval = 500ms".into());
+        append(&c.data_dir().join("postgresql.conf"), &conf.join("\n"));
+        // pg_basebackup -R wrote a primary_conninfo into postgresql.auto.conf, which is read
+        // last; ours (with a name to find the standby by) goes after it.
+        append(
+            &c.data_dir().join("postgresql.auto.conf"),
+            &format!("primary_conninfo = 'host=127.0.0.1 port={port} user=postgres password={PG_PASSWORD} application_name=standby'"),
+        );
+        c.pg_ctl_start();
+        c
+    }
+
+    /// The lines every cluster of ours gets (its own port and socket dir; fast and unsafe
+    /// durability settings, since nothing here survives the test).
+    fn own_conf(&self) -> Vec<String> {
+        vec![
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("port = {}", self.port),
+            format!("unix_socket_directories = '{}'", self.dir.path().display()),
+            "fsync = off".into(),
+            "synchronous_commit = off".into(),
+            "full_page_writes = off".into(),
+            "max_wal_senders = 10".into(),
+            "max_replication_slots = 10".into(),
+            "wal_sender_timeout = 60s".into(),
+            "logging_collector = off".into(),
+        ]
+    }
+
+    /// A temp dir owned by the server's OS user, a free port, nothing started.
+    fn empty() -> PgCluster {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("replink-pg-")
+            .tempdir()
+            .expect("temp dir");
+        if running_as_root() {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown the cluster dir to postgres");
+        }
+        PgCluster {
+            port: crate::free_port(),
+            bin,
+            dir,
+            stopped: true,
+        }
     }
 
     fn s(&self, p: &Path) -> String {
@@ -172,6 +229,11 @@ impl PgCluster {
         )
     }
 
+    /// `postgresql://postgres@127.0.0.1:PORT/DB`: the password must come from elsewhere.
+    pub fn url_without_password(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
     /// A server binary (`pgbench`, `pg_dump`, …) of the version the cluster runs.
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bin.join(name)
@@ -180,12 +242,19 @@ impl PgCluster {
     /// Runs a PostgreSQL tool as the cluster's OS user, with `PGHOST` (the socket dir),
     /// `PGPORT` and `PGUSER` set, so `-d DB` is enough to reach it.
     pub fn tool(&self, name: &str, args: &[&str]) -> CmdOutput {
+        self.tool_env(name, &[], args)
+    }
+
+    /// [`tool`](Self::tool) with more environment (`PGPASSWORD`, …), set after the defaults
+    /// so it can override them.
+    pub fn tool_env(&self, name: &str, env: &[(&str, &str)], args: &[&str]) -> CmdOutput {
         let mut argv: Vec<String> = vec![
             format!("PGHOST={}", self.dir.path().display()),
             format!("PGPORT={}", self.port),
             "PGUSER=postgres".into(),
-            self.s(&self.bin(name)),
         ];
+        argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        argv.push(self.s(&self.bin(name)));
         argv.extend(args.iter().map(|a| a.to_string()));
         let (program, argv) = as_postgres("env", argv);
         run_cmd(&program, &argv, Input::Null, Duration::from_secs(300))
@@ -196,7 +265,13 @@ impl PgCluster {
     #[track_caller]
     pub fn sql(&self, db: &str, sql: &str) -> String {
         let out = self.try_sql(db, sql);
-        assert!(out.success(), "psql on port {} failed:\n{}\n--- server log ---\n{}", self.port, out.text(), self.log_tail());
+        assert!(
+            out.success(),
+            "psql on port {} failed:\n{}\n--- server log ---\n{}",
+            self.port,
+            out.text(),
+            self.log_tail()
+        );
         out.stdout_text().trim().to_owned()
     }
 
@@ -204,7 +279,18 @@ impl PgCluster {
     pub fn try_sql(&self, db: &str, sql: &str) -> CmdOutput {
         self.tool(
             "psql",
-            &["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
         )
     }
 
@@ -220,8 +306,16 @@ impl PgCluster {
             self.s(&self.data_dir()),
             self.s(&self.dir.path().join("server.log")),
         );
-        let out = self.tool("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", "60", "start"]);
-        assert!(out.success(), "pg_ctl start failed:\n{}\n{}", out.text(), self.log_tail());
+        let out = self.tool(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
+        );
+        assert!(
+            out.success(),
+            "pg_ctl start failed:\n{}\n{}",
+            out.text(),
+            self.log_tail()
+        );
         self.stopped = false;
     }
 

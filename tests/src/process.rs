@@ -24,6 +24,7 @@ pub struct ReplinkProcess {
     addr: SocketAddr,
     log_path: PathBuf,
     command: String,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,6 +52,7 @@ impl ReplinkProcess {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_path,
             command,
+            args: args.to_vec(),
             _dir: dir,
         };
         static RE: OnceLock<regex::Regex> = OnceLock::new();
@@ -74,6 +76,26 @@ impl ReplinkProcess {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Kills the process (SIGKILL, as a crash would) and starts the same command again on
+    /// the same address, so peers configured with that address reconnect to it.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--listen") {
+            if let Some(listen) = args.get_mut(i + 1) {
+                *listen = self.addr.to_string();
+            }
+        }
+        *self = ReplinkProcess::spawn(&args);
+    }
+
+    /// Kills the process (SIGKILL) without starting it again.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The address it listens on.

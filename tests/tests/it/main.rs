@@ -23,6 +23,10 @@
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
+//! - `replication`: a Redis replica (full sync, live writes), a PostgreSQL standby
+//!   (pg_basebackup + WAL streaming under pgbench) and an rsync daemon through the pair;
+//!   each converges byte-for-byte and survives SIGKILL + restart of either end (and of the
+//!   upstream); an rsync cut by a killed tunnel fails loudly and a re-run completes.
 //! - `resets`: a reset on either side reaches the other side as a reset, not a clean EOF.
 //! - `upstream_down`: a route to a closed port closes the client at once and is logged;
 //!   other connections carry on.
@@ -39,6 +43,7 @@ mod pg_setup;
 mod pki_cli;
 mod redis;
 mod refusals;
+mod replication;
 mod resets;
 mod revocation;
 mod upstream_down;

@@ -2,68 +2,16 @@
 //! must see the same database as a direct client.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use replink_tests::*;
 
-/// A redis-server on a free loopback port, in its own temp dir, no persistence; killed on
-/// drop.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            // DEBUG DIGEST / DIGEST-VALUE compare the data set; the tunnel's upstream
-            // connections come from loopback too, so "local" is enough.
-            .args(["--enable-debug-command", "local"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) runs");
-        let redis = Redis {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        };
-        assert_eventually!(
-            cli(redis.addr, &["PING"]) == "PONG",
-            "redis-server on {} answers PING",
-            redis.addr
-        );
-        redis
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn port_args(addr: SocketAddr) -> Vec<String> {
-    strings(&["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+    redis_port_args(addr)
 }
 
-/// `redis-cli -p PORT ARGS` → trimmed stdout.
 fn cli(addr: SocketAddr, args: &[&str]) -> String {
-    let mut all = port_args(addr);
-    all.extend(strings(args));
-    run_cmd("redis-cli", &all, Input::Null, Duration::from_secs(30))
-        .stdout_text()
-        .trim()
-        .to_string()
+    redis_cli(addr, args)
 }
 
 /// Runs redis-benchmark through `addr`; returns (test name, requests per second) pairs.
@@ -101,7 +49,7 @@ fn is_digest(s: &str) -> bool {
 #[test]
 fn redis_through_the_pair_matches_direct() {
     let pki = Pki::new();
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let (mut reverse, mut forward) = start_pair(&pki, redis.addr, &PairOptions::default());
     let (direct, tunnel) = (redis.addr, forward.addr());
 
