@@ -133,6 +133,26 @@ impl Work {
         pki(&args)
     }
 
+    /// `sign-server-csr --yes` of `server-certs/server.csr` to `out.pem` with another CA
+    /// directory and password file (or none).
+    fn sign_server_csr_with(&self, ca_dir: &str, password_file: Option<&str>) -> CmdOutput {
+        let (csr, out) = (self.s("server-certs/server.csr"), self.s("out.pem"));
+        let mut args = vec![
+            "sign-server-csr",
+            "--ca-dir",
+            ca_dir,
+            "--input-csr",
+            &csr,
+            "--output",
+            &out,
+            "--yes",
+        ];
+        if let Some(pw) = password_file {
+            args.extend(["--password-file", pw]);
+        }
+        pki(&args)
+    }
+
     fn five_commands(&self, key_type: &str) {
         self.create_ca(key_type);
         self.create(
@@ -606,7 +626,6 @@ fn bad_input_gets_its_own_error_and_writes_nothing() {
         v
     };
     let before = listing();
-    let out = w.s("out.pem");
 
     // A CSR asking for CA rights.
     ok(openssl(&[
@@ -668,36 +687,14 @@ fn bad_input_gets_its_own_error_and_writes_nothing() {
     std::fs::write(&wrong, "not the password\n").unwrap();
     std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
     fails_with(
-        pki(&[
-            "sign-server-csr",
-            "--ca-dir",
-            &w.s("ca-certs"),
-            "--input-csr",
-            &w.s("server-certs/server.csr"),
-            "--output",
-            &out,
-            "--yes",
-            "--password-file",
-            &wrong.to_string_lossy(),
-        ]),
+        w.sign_server_csr_with(&w.s("ca-certs"), Some(&wrong.to_string_lossy())),
         1,
         &["ca.key", "wrong password"],
     );
     // A password file others can read.
     std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
     fails_with(
-        pki(&[
-            "sign-server-csr",
-            "--ca-dir",
-            &w.s("ca-certs"),
-            "--input-csr",
-            &w.s("server-certs/server.csr"),
-            "--output",
-            &out,
-            "--yes",
-            "--password-file",
-            &wrong.to_string_lossy(),
-        ]),
+        w.sign_server_csr_with(&w.s("ca-certs"), Some(&wrong.to_string_lossy())),
         1,
         &["chmod 600"],
     );
@@ -734,16 +731,7 @@ fn bad_input_gets_its_own_error_and_writes_nothing() {
     }
     // Not a CA directory; a CA directory without its key.
     fails_with(
-        pki(&[
-            "sign-server-csr",
-            "--ca-dir",
-            &w.s("server-certs"),
-            "--input-csr",
-            &w.s("server-certs/server.csr"),
-            "--output",
-            &out,
-            "--yes",
-        ]),
+        w.sign_server_csr_with(&w.s("server-certs"), None),
         1,
         &["not a CA directory", "ca.pem is missing"],
     );
@@ -751,16 +739,7 @@ fn bad_input_gets_its_own_error_and_writes_nothing() {
     std::fs::create_dir(&keyless).unwrap();
     std::fs::copy(w.p("ca-certs/ca.pem"), keyless.join("ca.pem")).unwrap();
     fails_with(
-        pki(&[
-            "sign-server-csr",
-            "--ca-dir",
-            &keyless.to_string_lossy(),
-            "--input-csr",
-            &w.s("server-certs/server.csr"),
-            "--output",
-            &out,
-            "--yes",
-        ]),
+        w.sign_server_csr_with(&keyless.to_string_lossy(), None),
         1,
         &["ca.key is missing"],
     );
@@ -893,16 +872,7 @@ fn an_expired_ca_refuses_to_sign() {
     replink_pki::write_private_file(&dir.join("ca.key"), key.serialize_pem().as_bytes(), false)
         .unwrap();
     fails_with(
-        pki(&[
-            "sign-server-csr",
-            "--ca-dir",
-            &dir.to_string_lossy(),
-            "--input-csr",
-            &w.s("server-certs/server.csr"),
-            "--output",
-            &w.s("out.pem"),
-            "--yes",
-        ]),
+        w.sign_server_csr_with(&dir.to_string_lossy(), None),
         1,
         &["expired on"],
     );

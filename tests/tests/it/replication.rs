@@ -143,18 +143,7 @@ fn postgres_standby_streams_wal_through_the_pair() {
     });
 
     // A write load, with the forward end killed and restarted in the middle of it.
-    let load = {
-        let (bin, dir, port) = (
-            primary.bin("pgbench"),
-            primary.dir().to_owned(),
-            primary.port(),
-        );
-        std::thread::spawn(move || pgbench_run(&bin, &dir, port, 6))
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    forward.restart();
-    let out = load.join().expect("pgbench thread");
-    assert!(out.success(), "{}", out.text());
+    pgbench_with_a_crash(&primary, || forward.restart());
     wait_for(CONVERGE, "standby replays the load", || {
         standby_caught_up(&primary, &standby)
     });
@@ -186,6 +175,19 @@ fn postgres_standby_streams_wal_through_the_pair() {
         forward.addr().port().to_string(),
         "the standby streams from the forward end"
     );
+}
+
+/// Six seconds of pgbench on `pg`, with `crash` (a replink end killed and restarted) two
+/// seconds in; pgbench itself talks to the server directly and must succeed.
+fn pgbench_with_a_crash(pg: &PgCluster, crash: impl FnOnce()) {
+    let load = {
+        let (bin, dir, port) = (pg.bin("pgbench"), pg.dir().to_owned(), pg.port());
+        std::thread::spawn(move || pgbench_run(&bin, &dir, port, 6))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    crash();
+    let out = load.join().expect("pgbench thread");
+    assert!(out.success(), "{}", out.text());
 }
 
 fn pgbench_run(bin: &Path, socket_dir: &Path, port: u16, seconds: u32) -> CmdOutput {
@@ -601,18 +603,7 @@ fn logical_replication_through_the_pair_with_replink_pg() {
         logical_converged(&publisher, &subscriber)
     });
 
-    let load = {
-        let (bin, dir, port) = (
-            publisher.bin("pgbench"),
-            publisher.dir().to_owned(),
-            publisher.port(),
-        );
-        std::thread::spawn(move || pgbench_run(&bin, &dir, port, 6))
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    forward.restart();
-    let out = load.join().expect("pgbench thread");
-    assert!(out.success(), "{}", out.text());
+    pgbench_with_a_crash(&publisher, || forward.restart());
     publisher.restart();
     logical_load(&publisher, 2);
     wait_for(
@@ -677,18 +668,7 @@ fn logical_replication_straight_to_the_postgres_listener() {
         logical_converged(&publisher, &subscriber)
     });
 
-    let load = {
-        let (bin, dir, port) = (
-            publisher.bin("pgbench"),
-            publisher.dir().to_owned(),
-            publisher.port(),
-        );
-        std::thread::spawn(move || pgbench_run(&bin, &dir, port, 6))
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    reverse.restart();
-    let out = load.join().expect("pgbench thread");
-    assert!(out.success(), "{}", out.text());
+    pgbench_with_a_crash(&publisher, || reverse.restart());
     logical_load(&publisher, 1);
     wait_for(
         CONVERGE,
