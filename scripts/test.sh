@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real peers.
-# Installs the Debian packages the tests start (openssl, redis, postgresql) when missing, then runs
+# Installs the Debian packages the tests start (openssl, redis, rsync, postgresql) when missing, then runs
 # `cargo test --workspace`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/debian-deps.sh
-need_debian openssl openssl redis-server redis-server redis-cli redis-tools
+need_debian openssl openssl redis-server redis-server redis-cli redis-tools rsync rsync
 need_debian '/usr/lib/postgresql/*/bin/initdb' postgresql psql postgresql-client
 
 log=$(mktemp)
