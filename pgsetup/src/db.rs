@@ -6,6 +6,7 @@ use postgres::types::ToSql;
 use postgres::{NoTls, Row};
 
 use crate::conninfo::{Endpoint, PasswordSource};
+use crate::tls::TlsFailure;
 use crate::Error;
 
 /// A statement that changes something, with what it is for and the privilege it needs (named
@@ -56,10 +57,11 @@ pub struct Db {
 
 impl Db {
     pub fn connect(endpoint: &Endpoint, dry_run: bool) -> Result<Db, Error> {
-        let client = endpoint
-            .config
-            .connect(NoTls)
-            .map_err(|e| connect_error(endpoint, e))?;
+        let client = match &endpoint.tls {
+            Some(tls) => endpoint.config.connect(tls.clone()),
+            None => endpoint.config.connect(NoTls),
+        }
+        .map_err(|e| connect_error(endpoint, e))?;
         let mut db = Db {
             client,
             endpoint: endpoint.clone(),
@@ -277,7 +279,7 @@ pub fn db_message(e: &postgres::Error) -> String {
 
 /// `e` and its sources: the client library's own message is often only "invalid
 /// configuration" or "error connecting to server", with the reason in its source.
-fn error_chain(e: &postgres::Error) -> String {
+pub(crate) fn error_chain(e: &postgres::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -325,8 +327,25 @@ fn connect_error(endpoint: &Endpoint, e: postgres::Error) -> Error {
             flag: endpoint.url_flag,
         };
     }
+    if let Some(failure) = TlsFailure::find(&e) {
+        return Error::Tls {
+            server,
+            flag: endpoint.url_flag,
+            problem: failure.to_string(),
+        };
+    }
     if e.as_db_error().is_none() {
         let text = error_chain(&e);
+        if text.contains("server does not support TLS") {
+            return Error::Tls {
+                server,
+                flag: endpoint.url_flag,
+                problem: "the server does not do TLS (it answered the SSLRequest with N), and \
+                          the sslmode asks for it: turn on ssl on the server, connect to a \
+                          replink :postgres route, or lower sslmode"
+                    .into(),
+            };
+        }
         if text.contains("password missing") {
             if let PasswordSource::None {
                 url_flag,

@@ -13,6 +13,13 @@ pub enum Error {
     ConnInfo { flag: &'static str, problem: String },
     #[error("password file {}: {problem}", path.display())]
     PasswordFile { path: PathBuf, problem: String },
+    #[error("{param} {} (in the connection string of {flag}): {problem}", path.display())]
+    TlsFile {
+        flag: &'static str,
+        param: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
 
     // --- Reaching and logging in to a server ------------------------------------------
     #[error("cannot reach PostgreSQL at {server} ({cause}): check that the server, or the replink tunnel in front of it, is up and listening there, and the host and port in {flag}")]
@@ -20,6 +27,12 @@ pub enum Error {
         server: String,
         flag: &'static str,
         cause: String,
+    },
+    #[error("TLS with PostgreSQL at {server} failed: {problem} (connection string of {flag})")]
+    Tls {
+        server: String,
+        flag: &'static str,
+        problem: String,
     },
     #[error("password authentication failed for user \"{user}\" at {server}: the password comes from {password_from}; fix it there (or the role's password on the server)")]
     WrongPassword {

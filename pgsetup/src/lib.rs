@@ -2,8 +2,9 @@
 //! replink tunnel (the subscriber reaches the publisher through the local end of a
 //! `replink forward-proxy`).
 //!
-//! What it is: a small sync client (the `postgres` crate, no TLS: it talks to local servers
-//! or through the tunnel) that runs the SQL a DBA would run by hand, with the checks first,
+//! What it is: a small sync client (the `postgres` crate, with libpq's TLS parameters read as
+//! libpq reads them: it talks to local servers, through the tunnel, or straight to a replink
+//! `:postgres` route) that runs the SQL a DBA would run by hand, with the checks first,
 //! idempotently, and with messages that say what to fix. What it is not: a replication engine
 //! (PostgreSQL's built-in publications and subscriptions do the work) or a tunnel.
 //!
@@ -16,6 +17,8 @@
 //! - [`Db`]: a connection, its errors turned into fixes, and `--dry-run` ([`Db::change`]
 //!   prints instead of running). [`Endpoint`]: a connection string and where its password
 //!   comes from. [`quote`]: identifiers, literals, `schema.table` names.
+//! - [`tls`]: `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslsni` with libpq's meaning,
+//!   over rustls; failed handshakes explained.
 //! - [`Error`]: every refusal and failure; the binary exits 1 on any of them.
 
 #![forbid(unsafe_code)]
@@ -29,6 +32,7 @@ pub mod report;
 pub mod schema;
 pub mod status;
 pub mod subscriber;
+pub mod tls;
 
 pub use conninfo::Endpoint;
 pub use db::Db;

@@ -20,7 +20,9 @@ use replink_pg::{publisher, report, status, subscriber, Db, Endpoint};
 #[command(name = "replink-pg", version)]
 struct Cli {
     /// The server the command acts on (publisher commands: the publisher; subscriber
-    /// commands: the subscriber; status: either): a libpq URI or keyword/value string.
+    /// commands: the subscriber; status: either): a libpq URI or keyword/value string. libpq's
+    /// TLS parameters (sslmode, sslrootcert, sslcert, sslkey, sslsni) are honoured here and in
+    /// --publisher-url.
     #[arg(
         long,
         env = "DATABASE_URL",

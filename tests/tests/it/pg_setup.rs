@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use replink_tests::{
-    assert_eventually, free_port, replink_pg_bin, run_cmd, s, CmdOutput, Input, PgCluster,
-    PgOptions, PG_PASSWORD,
+    assert_eventually, free_port, replink_pg_bin, run_cmd, s, start_reverse, strings, CmdOutput,
+    Input, PairOptions, PgCluster, PgOptions, Pki, PG_PASSWORD, ROUTE,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -695,4 +695,132 @@ fn bad_input_is_refused_with_the_fix() {
     )
     .assert_ok()
     .assert_says(&[r#""present": 1 table(s)"#]);
+}
+
+/// `replink-pg` with libpq's own TLS straight to a replink reverse end's `:postgres` routes, in
+/// both conninfo forms: `sslmode=verify-full` with the client certificate works (SNI = `host`,
+/// the address from `hostaddr`); `verify-ca` works where only the name is wrong. The wrong CA,
+/// a name the certificate lacks, a name without a route, no client certificate, one from
+/// another CA or expired, and a group-readable key are each refused with what to fix.
+#[test]
+fn libpq_tls_straight_to_a_postgres_route() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pw = secret_file(dir.path(), "pg.pw", PG_PASSWORD, 0o600);
+    let cluster = PgCluster::start(&PgOptions::default());
+    // The server certificate holds pg.repl.test and *.repl.test, not pg.other.test.
+    const UNCERTIFIED: &str = "pg.other.test";
+    let reverse = start_reverse(
+        &pki,
+        &[],
+        &PairOptions {
+            extra_reverse: strings(&[
+                "--route",
+                &format!("{ROUTE}={}:postgres", cluster.addr()),
+                "--route",
+                &format!("{UNCERTIFIED}={}:postgres", cluster.addr()),
+            ]),
+            ..Default::default()
+        },
+    );
+    let (p, x) = (&pki.files, &pki.extra);
+    let port = reverse.addr().port();
+    let conninfo = |host: &str, mode: &str, ca: &Path, client: Option<(&Path, &Path)>| {
+        let mut c = format!(
+            "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres \
+             sslmode={mode} sslrootcert={}",
+            s(ca)
+        );
+        if let Some((cert, key)) = client {
+            c.push_str(&format!(" sslcert={} sslkey={}", s(cert), s(key)));
+        }
+        c
+    };
+    let client = Some((p.client_cert.as_path(), p.client_key.as_path()));
+    let status = |conninfo: String| Target::new(conninfo, &pw).cmd("status", &[]);
+
+    status(conninfo(ROUTE, "verify-full", &p.ca_pem, client))
+        .assert_ok()
+        .assert_says(&[r#"connected as "postgres""#]);
+    let uri = format!(
+        "postgresql://postgres@{ROUTE}:{port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full\
+         &sslrootcert={}&sslcert={}&sslkey={}",
+        s(&p.ca_pem),
+        s(&p.client_cert),
+        s(&p.client_key)
+    );
+    status(uri).assert_ok();
+    // verify-ca checks the CA only: a route whose name the certificate lacks is fine.
+    status(conninfo(UNCERTIFIED, "verify-ca", &p.ca_pem, client)).assert_ok();
+    assert!(
+        reverse.count(r#"closed.*pg_preamble="?ssl_request"#) >= 3,
+        "replink-pg came by SSLRequest:\n{}",
+        reverse.log()
+    );
+
+    let wrong_ca = s(&x.other_ca_pem);
+    status(conninfo(ROUTE, "verify-full", &x.other_ca_pem, client)).assert_exit(
+        1,
+        &[
+            "TLS with PostgreSQL at pg.repl.test:",
+            &format!("not signed by a CA in sslrootcert {wrong_ca}"),
+        ],
+    );
+    status(conninfo(UNCERTIFIED, "verify-full", &p.ca_pem, client)).assert_exit(
+        1,
+        &[
+            "not valid for the host name pg.other.test",
+            "sslmode=verify-ca",
+        ],
+    );
+    status(conninfo(
+        "nothing.repl.test",
+        "verify-full",
+        &p.ca_pem,
+        client,
+    ))
+    .assert_exit(1, &["no route for the name nothing.repl.test", "hostaddr="]);
+    status(conninfo(ROUTE, "verify-full", &p.ca_pem, None)).assert_exit(
+        1,
+        &[
+            "requires a client certificate",
+            "add sslcert=FILE and sslkey=FILE",
+        ],
+    );
+    let other_client = Some((
+        x.other_ca_client_cert.as_path(),
+        x.other_ca_client_key.as_path(),
+    ));
+    status(conninfo(ROUTE, "verify-full", &p.ca_pem, other_client)).assert_exit(
+        1,
+        &[
+            "does not trust our client certificate",
+            s(&x.other_ca_client_cert),
+        ],
+    );
+    let expired = Some((
+        x.expired_client_cert.as_path(),
+        x.expired_client_key.as_path(),
+    ));
+    status(conninfo(ROUTE, "verify-full", &p.ca_pem, expired))
+        .assert_exit(1, &["has expired", s(&x.expired_client_cert)]);
+
+    let open_key = secret_file(
+        dir.path(),
+        "open.key",
+        &std::fs::read_to_string(&p.client_key).expect("read client key"),
+        0o644,
+    );
+    let open = Some((p.client_cert.as_path(), open_key.as_path()));
+    status(conninfo(ROUTE, "verify-full", &p.ca_pem, open)).assert_exit(
+        1,
+        &[
+            &format!("sslkey {}", s(&open_key)),
+            &format!("chmod 600 {}", s(&open_key)),
+        ],
+    );
+    status(format!(
+        "host={ROUTE} sslmode=verify-full sslrootcert=/nonexistent/ca.pem"
+    ))
+    .assert_exit(1, &["sslrootcert /nonexistent/ca.pem does not exist"]);
 }
