@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real peers.
-# Installs the Debian packages the tests start (openssl, redis, rsync, postgresql) when missing, then runs
+# Installs the Debian packages the tests start (openssl, redis, rsync, postgresql; qemu, busybox-static,
+# kmod and musl-tools for the kTLS VM) when missing, then runs
 # `cargo test --workspace`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.."
 . scripts/debian-deps.sh
 need_debian openssl openssl redis-server redis-server redis-cli redis-tools rsync rsync
 need_debian '/usr/lib/postgresql/*/bin/initdb' postgresql psql postgresql-client
+# The kTLS VM (scripts/ktls-vm.sh, which checks these again) and its static replink.
+need_debian qemu-system-x86_64 qemu-system-x86 /usr/share/doc/busybox-static busybox-static \
+    depmod kmod musl-gcc musl-tools
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

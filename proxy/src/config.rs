@@ -163,6 +163,32 @@ impl FromStr for IoDriver {
     }
 }
 
+/// `--ktls`: whether to check for kernel TLS at start-up. The data path is the userspace
+/// record layer in every case for now; see `ktls`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ktls {
+    /// Probe and log the answer; start either way.
+    #[default]
+    Auto,
+    /// Probe; refuse to start when the kernel has no TLS ULP.
+    On,
+    /// Do not probe.
+    Off,
+}
+
+impl FromStr for Ktls {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Ktls::Auto),
+            "on" => Ok(Ktls::On),
+            "off" => Ok(Ktls::Off),
+            _ => Err(format!("unknown --ktls {s:?} (expected auto, on or off)")),
+        }
+    }
+}
+
 /// PEM files of one TLS identity, the CA that peers must chain to, and its revocation lists.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -190,6 +216,7 @@ pub struct ListenerConfig {
     pub compression: Compression,
     pub workers: usize,
     pub io_driver: IoDriver,
+    pub ktls: Ktls,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     /// None: never cut an idle link (replication links idle for hours).
@@ -306,5 +333,17 @@ mod tests {
             .parse::<Route>()
             .is_err());
         assert!("pg.repl.test=127.0.0.1:5432:".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn ktls_modes() {
+        assert_eq!("auto".parse::<Ktls>(), Ok(Ktls::Auto));
+        assert_eq!("on".parse::<Ktls>(), Ok(Ktls::On));
+        assert_eq!("off".parse::<Ktls>(), Ok(Ktls::Off));
+        assert_eq!(Ktls::default(), Ktls::Auto);
+        let err = "yes".parse::<Ktls>().unwrap_err();
+        assert!(err.contains("expected auto, on or off"), "{err}");
+        assert!("On".parse::<Ktls>().is_err());
+        assert!("".parse::<Ktls>().is_err());
     }
 }

@@ -127,6 +127,7 @@ fn config(
         compression,
         workers: args.workers,
         io_driver: args.io_driver,
+        ktls: replink::Ktls::Off,
         connect_timeout: Duration::from_secs(10),
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: None,

@@ -15,13 +15,15 @@
 //! handshake, then the record layer), `codec` (zstd) and `relay` (the two pumps). See
 //! ARCHITECTURE.md for the map.
 
-// Unsafe is allowed only in `sys` (socket calls on raw fds) and nowhere else.
+// Unsafe is allowed only in `sys` (socket calls on raw fds, the kTLS probe's setsockopt) and
+// nowhere else.
 #![deny(unsafe_code)]
 
 mod buffers;
 mod codec;
 pub mod config;
 mod conn;
+pub mod ktls;
 mod pg;
 mod relay;
 #[allow(unsafe_code)]
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The zstd framing replink uses (window and input per frame), for measurements that must
 /// drive zstd the same way.
 pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
-pub use config::{Compression, IoDriver, ListenerConfig, Mode};
+pub use config::{Compression, IoDriver, Ktls, ListenerConfig, Mode};
 pub use worker::{start, Driver, ProxyHandle};
 
 /// Errors that stop a listener from starting. Per-connection failures are logged, not returned.

@@ -11,7 +11,7 @@ mod demo;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replink::config::{parse_duration, ForwardTarget, Route, Target, TlsFiles};
-use replink::{Compression, IoDriver, ListenerConfig, Mode};
+use replink::{Compression, IoDriver, Ktls, ListenerConfig, Mode};
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +98,11 @@ struct Common {
     /// io driver: auto (io_uring, else epoll), io-uring, epoll.
     #[arg(long, default_value = "auto")]
     io_driver: IoDriver,
+    /// Kernel TLS: auto (probe and report `ktls=available|unavailable` at start-up), on (also
+    /// refuse to start without it), off (no probe). The offload itself is not enabled yet:
+    /// records are sealed and opened in userspace in every mode.
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    ktls: Ktls,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -140,6 +145,7 @@ impl Common {
             },
             workers,
             io_driver: self.io_driver,
+            ktls: self.ktls,
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,

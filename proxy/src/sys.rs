@@ -2,7 +2,7 @@
 //!
 //! Kept in one module so the unsafe code that talks to the kernel is in one place.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 /// Bytes waiting in the socket's receive queue (`FIONREAD`); 0 on error.
 pub fn bytes_readable(fd: RawFd) -> usize {
@@ -34,6 +34,29 @@ pub fn reset_on_close(fd: RawFd) {
             &linger as *const libc::linger as *const libc::c_void,
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
+    }
+}
+
+/// Attaches the TCP upper-layer protocol `name` (e.g. `"tls"`) to a connected TCP socket
+/// (`setsockopt(IPPROTO_TCP, TCP_ULP)`). The kernel answers ENOENT when it has no such ULP
+/// (for `tls`: no `CONFIG_TLS`, or the module is not loaded).
+pub fn set_tcp_ulp(fd: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+    // SAFETY: `fd` is borrowed, so the socket stays open for the duration of the call; the
+    // option value points at `name`'s bytes, valid for the length passed (the kernel copies at
+    // most that many and needs no terminating NUL).
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_ULP,
+            name.as_ptr() as *const libc::c_void,
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

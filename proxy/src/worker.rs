@@ -15,6 +15,7 @@ use rustls_pki_types::ServerName;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Compression, IoDriver, ListenerConfig, Mode, RouteKind, Target};
+use crate::ktls;
 use crate::tls::{self, ServerConfigs};
 use crate::{Error, Stats};
 
@@ -154,6 +155,7 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
     config.validate()?;
     let mode = build_mode(&config)?;
     let driver = choose_driver(config.io_driver)?;
+    ktls::check(config.ktls)?;
     let first = bind_reuseport(config.listen).map_err(|e| Error::Bind {
         addr: config.listen,
         err: e,

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits inside the workspace")
         .to_owned()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
@@ -82,16 +82,22 @@ pub fn replink_pg_bin() -> &'static Path {
 
 fn build_bin(package: &str, bin: &str) -> PathBuf {
     let target = target_dir();
-    let out = nested_cargo(&["build", "-p", package, "--bin", bin, "--target-dir"])
-        .arg(&target)
+    let mut cargo = nested_cargo(&["build", "-p", package, "--bin", bin, "--target-dir"]);
+    cargo.arg(&target);
+    run_build(cargo, target.join("debug").join(bin))
+}
+
+/// Runs a `cargo build` command, panicking with its stderr when it fails or when `path`, the
+/// binary it should have made, is not there; returns `path`.
+pub(crate) fn run_build(mut cargo: Command, path: PathBuf) -> PathBuf {
+    let out = cargo
         .output()
         .unwrap_or_else(|e| panic!("running cargo: {e}"));
     assert!(
         out.status.success(),
-        "`cargo build -p {package}` failed:\n{}",
+        "`{cargo:?}` failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = target.join("debug").join(bin);
     assert!(path.exists(), "{} missing after the build", path.display());
     path
 }

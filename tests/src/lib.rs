@@ -10,6 +10,8 @@
 //! - [`StreamServer`] / [`run_transfer`] / [`verify_transfer`]: byte-exact two-way transfers
 //!   with random write sizes and half-closes, checked with SHA-256 and first-difference offsets
 //!   on both ends. [`EchoServer`] for simple routes.
+//! - [`run_in_ktls_vm`] runs a script in a QEMU VM whose kernel has TLS
+//!   (`scripts/ktls-vm.sh`), with [`static_replink_bin`] inside.
 //! - [`run_cmd`] runs an outside tool (openssl, redis-cli, …) with a deadline.
 //! - [`assert_eventually!`] polls a condition for up to [`patience`]
 //!   (`REPLINK_TEST_PATIENCE_MS`, default 20000).
@@ -27,6 +29,7 @@ mod postgres;
 mod process;
 mod redis;
 mod servers;
+mod vm;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -45,6 +48,7 @@ pub use servers::{
     flags, run_transfer, run_transfer_paused, verify_transfer, ClientReport, EchoServer,
     ServerRecord, StreamServer, Transfer, DOWN_SALT, HEADER_LEN,
 };
+pub use vm::{run_in_ktls_vm, static_replink_bin, VmRun};
 
 /// How long any wait may take before a test gives up: `REPLINK_TEST_PATIENCE_MS`, default
 /// 20 s.

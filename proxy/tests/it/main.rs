@@ -81,6 +81,7 @@ fn reverse_config(
         compression: Compression::Zstd { level: 1 },
         workers: 1,
         io_driver: driver,
+        ktls: replink::Ktls::Off,
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: None,

@@ -20,6 +20,9 @@
 //!   `postgresql` (s_client); no certificate, plaintext (ErrorResponse), GSSENC, cancel,
 //!   garbage and a stream route are refused, and the server never sees them; forward ends
 //!   still use the route with zstd.
+//! - `ktls`: `--ktls` on this host (`on` refuses to start without kernel TLS, `auto` logs
+//!   `ktls=unavailable` with the reason; `ktls=available` on a kernel with TLS), and in a QEMU
+//!   VM with Debian's kernel (`scripts/ktls-vm.sh`) where a static `replink --ktls on` starts.
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
@@ -37,6 +40,7 @@
 //! (`data_paths` prints the seed it used); `REPLINK_TEST_PATIENCE_MS` (default 20000) bounds every wait.
 
 mod data_paths;
+mod ktls;
 mod openssl_interop;
 mod pg_listener;
 mod pg_setup;
