@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 . scripts/debian-deps.sh
 need_debian openssl openssl redis-server redis-server redis-cli redis-tools rsync rsync
 need_debian '/usr/lib/postgresql/*/bin/initdb' postgresql psql postgresql-client
+# The BPF classifier (replink-ebpf): clang builds it, the headers are libbpf's and the kernel's.
+need_debian clang clang llvm-objdump llvm /usr/include/bpf/bpf_helpers.h libbpf-dev \
+    '/usr/include/linux/bpf.h' linux-libc-dev
 # The kTLS VM (scripts/ktls-vm.sh, which checks these again) and its static replink.
 need_debian qemu-system-x86_64 qemu-system-x86 /usr/share/doc/busybox-static busybox-static \
     depmod kmod musl-gcc musl-tools

@@ -1,17 +1,26 @@
 //! SNI classification for replink.
 //!
-//! Today: the userspace ClientHello parser ([`parse_client_hello`]) that the data plane routes
-//! with, and the route matcher ([`SniPattern`], [`SniTable`]). Later this crate also carries the
-//! BPF classifier (C programs under `ebpf/`, loaded with aya); this parser stays its fallback
-//! and its test oracle, and `corpus/` is the ClientHello corpus both must agree on.
+//! The userspace ClientHello parser ([`parse_client_hello`]) that the data plane routes with,
+//! the route matcher ([`SniPattern`], [`SniTable`]), and the in-kernel classifier
+//! ([`Classifier`]: sk_skb programs in C under `bpf/`, loaded with aya) that reads the SNI of a
+//! socket's ClientHello before userspace does. The parser is the classifier's fallback and its
+//! test oracle; `corpus/` is the ClientHello corpus both must agree on. The classifier is not
+//! yet used by the proxy.
 //!
 //! Not here: TLS itself. The parser reads only what routing needs (SNI, ALPN, whether TLS 1.3
 //! is offered), never allocates beyond the result, never panics, and does bounded work.
 
-#![forbid(unsafe_code)]
+// The only exception: the `aya::Pod` impls in `layout`.
+#![deny(unsafe_code)]
 
+mod classifier;
 mod client_hello;
+mod layout;
 mod sni;
 
+pub use classifier::{
+    socket_cookie, Classification, Classifier, ClassifierError, Counters, Reason,
+};
 pub use client_hello::{parse_client_hello, ClientHello, HelloError, Parse, MAX_CLIENT_HELLO};
+pub use layout::MAX_ROUTES;
 pub use sni::{DuplicatePattern, SniPattern, SniPatternError, SniTable};

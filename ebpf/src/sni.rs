@@ -114,6 +114,19 @@ impl<T> SniTable<T> {
         self.wildcard.get(parent)
     }
 
+    /// Every pattern with its value, exact names first, in no particular order otherwise.
+    pub fn iter(&self) -> impl Iterator<Item = (SniPattern, &T)> {
+        let exact = self
+            .exact
+            .iter()
+            .map(|(n, v)| (SniPattern::Exact(n.clone()), v));
+        let wildcard = self
+            .wildcard
+            .iter()
+            .map(|(s, v)| (SniPattern::Wildcard(s.clone()), v));
+        exact.chain(wildcard)
+    }
+
     pub fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len()
     }
