@@ -1,7 +1,7 @@
 //! Compiles the BPF programs under `bpf/` with clang into `OUT_DIR` and sets `cfg(replink_bpf)`
 //! so the classifier embeds them. Without clang the crate still builds: a cargo warning, and
-//! `Classifier::load` reports itself unavailable. With clang, a program that does not compile
-//! fails the build.
+//! `Classifier::load` reports itself unavailable; the same without libbpf's and the kernel's
+//! headers. With both, a program that does not compile fails the build.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,20 @@ fn main() {
         Ok(other) => panic!("replink-ebpf: no multiarch include directory known for {other}"),
         Err(e) => panic!("CARGO_CFG_TARGET_ARCH: {e}"),
     };
+    // libbpf-dev and linux-libc-dev: without them clang alone cannot build the programs.
+    let include = [
+        PathBuf::from("/usr/include"),
+        PathBuf::from(format!("/usr/include/{arch}-linux-gnu")),
+    ];
+    for header in ["bpf/bpf_helpers.h", "linux/bpf.h", "asm/types.h"] {
+        if !include.iter().any(|dir| dir.join(header).exists()) {
+            println!(
+                "cargo:warning=replink-ebpf: <{header}> not found (libbpf-dev, linux-libc-dev), \
+                 building without the BPF classifier"
+            );
+            return;
+        }
+    }
     for object in OBJECTS {
         compile(&clang, arch, object, &out);
     }
