@@ -33,6 +33,10 @@ prepare() {
     if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
         rustup target add x86_64-unknown-linux-musl
     fi
+    # One preparer at a time (two test processes may start together); the others wait and
+    # then find the cache ready.
+    exec 9>"$dir/.prepare.lock"
+    flock 9
     if [[ ! -f $dir/base.cpio ]]; then
         local pkg
         pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
@@ -63,6 +67,7 @@ prepare() {
         rm -rf "$base"
         mv "$dir/base.cpio.tmp" "$dir/base.cpio"
     fi
+    exec 9>&-
 }
 
 run() {
