@@ -4,8 +4,9 @@
 //! the route matcher ([`SniPattern`], [`SniTable`]), and the in-kernel classifier
 //! ([`Classifier`]: sk_skb programs in C under `bpf/`, loaded with aya) that reads the SNI of a
 //! socket's ClientHello before userspace does. The parser is the classifier's fallback and its
-//! test oracle; `corpus/` is the ClientHello corpus both must agree on. The classifier is not
-//! yet used by the proxy.
+//! test oracle; `corpus/` is the ClientHello corpus both must agree on. The proxy loads the
+//! classifier under `--bpf-classifier` and checks it against the parser (routing stays in
+//! userspace).
 //!
 //! Not here: TLS itself. The parser reads only what routing needs (SNI, ALPN, whether TLS 1.3
 //! is offered), never allocates beyond the result, never panics, and does bounded work.

@@ -189,6 +189,34 @@ impl FromStr for Ktls {
     }
 }
 
+/// `--bpf-classifier` (reverse end, experimental): whether to load the in-kernel SNI
+/// classifier and check it against the userspace parse; see `bpf`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BpfClassifier {
+    /// Load it when possible (root or CAP_BPF, a build with clang); else one warning.
+    Auto,
+    /// Refuse to start when it cannot be loaded.
+    On,
+    /// Do not load it.
+    #[default]
+    Off,
+}
+
+impl FromStr for BpfClassifier {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BpfClassifier::Auto),
+            "on" => Ok(BpfClassifier::On),
+            "off" => Ok(BpfClassifier::Off),
+            _ => Err(format!(
+                "unknown --bpf-classifier {s:?} (expected off, auto or on)"
+            )),
+        }
+    }
+}
+
 /// PEM files of one TLS identity, the CA that peers must chain to, and its revocation lists.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -217,6 +245,7 @@ pub struct ListenerConfig {
     pub workers: usize,
     pub io_driver: IoDriver,
     pub ktls: Ktls,
+    pub bpf_classifier: BpfClassifier,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     /// None: never cut an idle link (replication links idle for hours).
@@ -333,6 +362,15 @@ mod tests {
             .parse::<Route>()
             .is_err());
         assert!("pg.repl.test=127.0.0.1:5432:".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn bpf_classifier_modes() {
+        assert_eq!("auto".parse(), Ok(BpfClassifier::Auto));
+        assert_eq!("on".parse(), Ok(BpfClassifier::On));
+        assert_eq!("off".parse(), Ok(BpfClassifier::Off));
+        assert_eq!(BpfClassifier::default(), BpfClassifier::Off);
+        assert!("yes".parse::<BpfClassifier>().is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One connection from accept to close, for each listener mode.
 //!
 //! ```text
-//! reverse: accept -> [libpq preamble] -> read ClientHello -> route by SNI -> rustls handshake
+//! reverse: accept -> [bpf: sockhash] -> [libpq preamble] -> read ClientHello
+//!          -> [bpf: compare] -> route by SNI -> rustls handshake
 //!          -> [postgres client: postgres route?] -> connect upstream -> relay
 //! forward: accept -> connect remote -> rustls handshake (SNI, ALPN offer) -> relay
 //! ```
@@ -18,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use replink_ebpf::{parse_client_hello, HelloError, Parse};
+use replink_ebpf::{parse_client_hello, HelloError, Parse, SniTable};
 use rustls::{AlertDescription, ContentType};
 
+use crate::bpf::{BpfOutcome, Userspace};
 use crate::buffers::{read_more, SMALL};
 use crate::config::{RouteKind, Target};
 use crate::pg::{self, Next, Preamble, PreambleLog};
@@ -28,7 +30,7 @@ use crate::relay::{relay, ConnError, RelayOptions, Traffic};
 use crate::tls::handshake::Established;
 use crate::tls::record::{self, Sealer};
 use crate::tls::{handshake, ALPN_POSTGRESQL, ALPN_ZSTD};
-use crate::worker::{ModeState, Shared};
+use crate::worker::{ModeState, RouteEntry, Shared};
 
 /// What the log line says about a connection besides its outcome.
 #[derive(Default)]
@@ -42,6 +44,8 @@ struct ConnInfo {
     alpn: Option<String>,
     /// How a client of a listener with `postgres` routes began (`pg_preamble=`).
     preamble: Option<PreambleLog>,
+    /// What the BPF classifier said (`bpf=`).
+    bpf: BpfOutcome,
     /// The TLS handshake completed and the route accepted the client (a failure after this is
     /// not a refusal).
     established: bool,
@@ -68,7 +72,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _active = active_guard(&shared);
     set_socket_options(&stream, &shared);
     let result = match &shared.mode {
-        ModeState::Reverse { .. } => reverse(stream, &shared, &traffic, &mut info).await,
+        ModeState::Reverse { .. } => reverse(stream, peer, &shared, &traffic, &mut info).await,
         ModeState::Forward { .. } => forward(stream, &shared, &traffic, &mut info).await,
     };
     shared
@@ -84,18 +88,18 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble,
+            alpn, %pg_preamble, bpf = %info.bpf,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
         ),
         Err(e) if !info.established => tracing::warn!(
-            %peer, route, peer_cert = subject, %pg_preamble,
+            %peer, route, peer_cert = subject, %pg_preamble, bpf = %info.bpf,
             reason = e.reason(), error = %e, duration_ms = dur_ms, "refused"
         ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble,
+            alpn, %pg_preamble, bpf = %info.bpf,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -271,6 +275,7 @@ async fn refuse_plaintext(sock: &mut TcpStream) {
 
 async fn reverse(
     mut client: TcpStream,
+    peer: SocketAddr,
     shared: &Shared,
     traffic: &Rc<Traffic>,
     info: &mut ConnInfo,
@@ -279,10 +284,13 @@ async fn reverse(
         routes,
         tls,
         sniff_postgres,
+        bpf,
     } = &shared.mode
     else {
         return Ok(());
     };
+    // Before the first read, so the kernel sees the ClientHello (never with a libpq preamble).
+    let watched = bpf.as_ref().map(|b| b.watch(&client));
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let mut preamble = Preamble::new();
     let start = if *sniff_postgres {
@@ -300,8 +308,11 @@ async fn reverse(
     } else {
         Vec::with_capacity(SMALL)
     };
-    let (incoming, hello) =
-        with_deadline(deadline, "handshake", read_client_hello(&mut client, start)).await?;
+    let read = with_deadline(deadline, "handshake", read_client_hello(&mut client, start)).await;
+    if let (Some(check), Some(watched)) = (bpf, watched) {
+        info.bpf = check.finish(watched, userspace_verdict(&read, routes), peer);
+    }
+    let (incoming, hello) = read?;
     let Some(route) = hello.server_name.as_deref().and_then(|n| routes.lookup(n)) else {
         send_plain_alert(&mut client, AlertDescription::UnrecognisedName).await;
         return Err(ConnError::UnknownSni(hello.server_name));
@@ -352,6 +363,23 @@ async fn reverse(
         idle_timeout: shared.config.idle_timeout,
     };
     relay(client, upstream, est, &opts, traffic.clone()).await
+}
+
+/// The userspace parse's verdict, in the classifier's terms (the route id is its index).
+fn userspace_verdict(
+    read: &Result<(Vec<u8>, replink_ebpf::ClientHello), ConnError>,
+    routes: &SniTable<RouteEntry>,
+) -> Userspace {
+    match read {
+        Ok((_, hello)) => match hello.server_name.as_deref() {
+            None => Userspace::NoSni,
+            Some(name) => routes
+                .lookup(name)
+                .map_or(Userspace::NoRoute, |r| Userspace::Routed(r.id)),
+        },
+        Err(ConnError::BadHello(_)) => Userspace::Malformed,
+        Err(_) => Userspace::Undecided,
+    }
 }
 
 async fn forward(

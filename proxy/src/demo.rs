@@ -128,6 +128,7 @@ fn config(
         workers: args.workers,
         io_driver: args.io_driver,
         ktls: replink::Ktls::Off,
+        bpf_classifier: replink::BpfClassifier::Off,
         connect_timeout: Duration::from_secs(10),
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: None,

@@ -19,6 +19,7 @@
 // nowhere else.
 #![deny(unsafe_code)]
 
+mod bpf;
 mod buffers;
 mod codec;
 pub mod config;
@@ -38,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The zstd framing replink uses (window and input per frame), for measurements that must
 /// drive zstd the same way.
 pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
-pub use config::{Compression, IoDriver, Ktls, ListenerConfig, Mode};
+pub use config::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
 pub use worker::{start, Driver, ProxyHandle};
 
 /// Errors that stop a listener from starting. Per-connection failures are logged, not returned.

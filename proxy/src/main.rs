@@ -11,7 +11,7 @@ mod demo;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replink::config::{parse_duration, ForwardTarget, Route, Target, TlsFiles};
-use replink::{Compression, IoDriver, Ktls, ListenerConfig, Mode};
+use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,13 @@ enum Command {
         /// `postgresql`), with its own client certificate.
         #[arg(long = "route", required = true)]
         routes: Vec<Route>,
+        /// Experimental: the in-kernel SNI classifier, checked against the userspace parse
+        /// (routing stays in userspace). off; auto (load it when possible: root or CAP_BPF, a
+        /// build with clang; else one warning); on (refuse to start without it). Logs
+        /// `bpf_classifier=loaded|unavailable`, and `bpf=` on each connection's line. Not used
+        /// on a listener with `:postgres` routes.
+        #[arg(long, default_value = "off", value_name = "off|auto|on")]
+        bpf_classifier: BpfClassifier,
         #[command(flatten)]
         common: Common,
     },
@@ -146,6 +153,7 @@ impl Common {
             workers,
             io_driver: self.io_driver,
             ktls: self.ktls,
+            bpf_classifier: BpfClassifier::Off,
             connect_timeout: self.connect_timeout,
             handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
@@ -192,9 +200,13 @@ fn run() -> anyhow::Result<()> {
         Command::ReverseProxy {
             listen,
             routes,
+            bpf_classifier,
             common,
         } => serve(
-            common.into_config(listen, Mode::Reverse { routes }),
+            ListenerConfig {
+                bpf_classifier,
+                ..common.into_config(listen, Mode::Reverse { routes })
+            },
             "reverse",
         ),
         Command::ForwardProxy {

@@ -70,3 +70,11 @@ pub fn trim_allocator() {
         libc::malloc_trim(0);
     }
 }
+
+/// The fd of a socket type that offers only `AsRawFd` (monoio's `TcpStream`), borrowed for as
+/// long as the socket, for APIs that take `AsFd` (the BPF classifier's sockhash).
+pub fn borrow_fd<S: AsRawFd>(socket: &S) -> BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `socket`, which owns it and keeps it open while borrowed: the
+    // returned lifetime is tied to `&socket`, so the fd cannot be closed while it is in use.
+    unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
+}

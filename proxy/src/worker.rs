@@ -14,6 +14,7 @@ use replink_ebpf::SniTable;
 use rustls_pki_types::ServerName;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::bpf::{self, BpfCheck};
 use crate::config::{Compression, IoDriver, ListenerConfig, Mode, RouteKind, Target};
 use crate::ktls;
 use crate::tls::{self, ServerConfigs};
@@ -22,6 +23,8 @@ use crate::{Error, Stats};
 /// A reverse route after parsing.
 pub struct RouteEntry {
     pub name: String,
+    /// Index in `--route` order: the route's id in the BPF classifier.
+    pub id: u32,
     pub target: Target,
     /// zstd level when the route allows compression.
     pub compress: Option<i32>,
@@ -34,6 +37,8 @@ pub enum ModeState {
         tls: ServerConfigs,
         /// Some route is `postgres`: read libpq's plaintext preamble before TLS.
         sniff_postgres: bool,
+        /// `--bpf-classifier` loaded (never with `sniff_postgres`).
+        bpf: Option<Box<BpfCheck>>,
     },
     Forward {
         target: Target,
@@ -101,9 +106,10 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
     Ok(match &config.mode {
         Mode::Reverse { routes } => {
             let mut table = SniTable::new();
-            for r in routes {
+            for (id, r) in routes.iter().enumerate() {
                 let entry = RouteEntry {
                     name: r.pattern.to_string(),
+                    id: id as u32,
                     target: r.target.clone(),
                     compress: level,
                     kind: r.kind,
@@ -112,10 +118,12 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
                     .insert(r.pattern.clone(), entry)
                     .map_err(|_| Error::Config(format!("--route {} is given twice", r.pattern)))?;
             }
+            let sniff_postgres = routes.iter().any(|r| r.kind == RouteKind::Postgres);
             ModeState::Reverse {
                 routes: table,
                 tls: tls::server_configs(&config.tls)?,
-                sniff_postgres: routes.iter().any(|r| r.kind == RouteKind::Postgres),
+                sniff_postgres,
+                bpf: bpf::setup(config.bpf_classifier, routes, sniff_postgres)?.map(Box::new),
             }
         }
         Mode::Forward(f) => {

@@ -82,6 +82,7 @@ fn reverse_config(
         workers: 1,
         io_driver: driver,
         ktls: replink::Ktls::Off,
+        bpf_classifier: replink::BpfClassifier::Off,
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: None,

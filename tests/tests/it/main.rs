@@ -1,5 +1,8 @@
 //! End-to-end suite: the real `replink` binary between real clients and servers, on loopback.
 //!
+//! - `bpf_classifier`: `--bpf-classifier on` with an exact and a wildcard route: forward ends
+//!   through both and `s_client` with an unknown SNI and without SNI; `bpf=` on each line
+//!   matches userspace's decision, no `bpf_classifier_mismatch`.
 //! - `data_paths`: ~20 concurrent two-way transfers (0 B .. 64 MiB, plus one of 256 MiB),
 //!   random write sizes, half-closes, byte-exact on both ends, for compression zstd/off ×
 //!   io driver io_uring/epoll; the per-connection log lines account for every byte.
@@ -39,6 +42,7 @@
 //! `replink` binary itself. `REPLINK_TEST_SEED=N` replays the random sizes of a failed run
 //! (`data_paths` prints the seed it used); `REPLINK_TEST_PATIENCE_MS` (default 20000) bounds every wait.
 
+mod bpf_classifier;
 mod data_paths;
 mod ktls;
 mod openssl_interop;
