@@ -26,7 +26,19 @@ pub(crate) fn pem_or_der(bytes: &[u8], label: &str) -> Result<Vec<u8>, String> {
         .ok_or_else(|| format!("no {label} PEM block"))
 }
 
-fn looks_like_pem(bytes: &[u8]) -> bool {
+/// The serial (INTEGER content bytes) of the certificate in `path`, PEM or DER.
+pub fn cert_serial(path: &Path) -> Result<Vec<u8>, PkiError> {
+    let bad = |reason: String| PkiError::Input {
+        path: path.to_owned(),
+        reason,
+    };
+    let der = pem_or_der(&crate::files::read_file(path)?, "CERTIFICATE").map_err(bad)?;
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|e| bad(format!("not a valid certificate ({e})")))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+pub(crate) fn looks_like_pem(bytes: &[u8]) -> bool {
     bytes.trim_ascii_start().starts_with(b"-----BEGIN ")
 }
 

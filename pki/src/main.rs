@@ -359,7 +359,7 @@ fn generate_crl(a: GenerateCrl) -> anyhow::Result<()> {
         revoke.push(parse_serial(s)?);
     }
     for c in &a.cert {
-        revoke.push(serial_of_cert(c)?);
+        revoke.push(replink_pki::inspect::cert_serial(c)?);
     }
     let revoke: Vec<Revocation> = revoke
         .into_iter()
@@ -397,25 +397,6 @@ fn generate_crl(a: GenerateCrl) -> anyhow::Result<()> {
         println!("  {}", hex_serial(&e.serial));
     }
     Ok(())
-}
-
-fn serial_of_cert(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let der = match pem_first(&bytes, "CERTIFICATE") {
-        Some(der) => der,
-        None => bytes,
-    };
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| anyhow::anyhow!("{}: not a valid certificate ({e})", path.display()))?;
-    Ok(cert.raw_serial().to_vec())
-}
-
-fn pem_first(bytes: &[u8], label: &str) -> Option<Vec<u8>> {
-    pem::parse_many(bytes)
-        .ok()?
-        .into_iter()
-        .find(|b| b.tag() == label)
-        .map(|b| b.into_contents())
 }
 
 /// The password for a new CA key: from the file, or asked twice on the terminal.

@@ -222,9 +222,7 @@ impl ParsedRequest {
             path: path.to_owned(),
             reason,
         };
-        let der = if bytes.starts_with(b"-----BEGIN")
-            || bytes.trim_ascii_start().starts_with(b"-----BEGIN")
-        {
+        let der = if crate::inspect::looks_like_pem(&bytes) {
             let (_, pem) = x509_parser::pem::parse_x509_pem(&bytes)
                 .map_err(|e| bad(format!("corrupt PEM ({e})")))?;
             if !pem.label.contains("CERTIFICATE REQUEST") {

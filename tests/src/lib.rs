@@ -38,7 +38,7 @@ pub use bin::{nested_cargo, replink_bin, replink_pg_bin, replink_pki_bin};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
 pub use pki::{IssuedFiles, Pki};
-pub use postgres::{as_postgres, pg_bin_dir, PgCluster, PgOptions, PG_PASSWORD};
+pub use postgres::{as_postgres, pg_bin_dir, running_as_root, PgCluster, PgOptions, PG_PASSWORD};
 pub use process::{
     forward_command, reverse_command, run_replink_expect_failure, start_forward, start_forward_as,
     start_pair, start_reverse, start_reverse_as, LogLine, PairOptions, ReplinkProcess, ROUTE,

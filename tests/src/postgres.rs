@@ -54,7 +54,9 @@ pub fn pg_bin_dir() -> PathBuf {
         .expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
 }
 
-fn running_as_root() -> bool {
+/// Whether the tests run as root (then PostgreSQL runs as `postgres`, and file permissions do
+/// not stop reads).
+pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use replink_tests::{replink_pki_bin, run_cmd, CmdOutput, Input};
+use replink_tests::{replink_pki_bin, run_cmd, running_as_root, CmdOutput, Input};
 
 const T: Duration = Duration::from_secs(60);
 const PASSWORD: &str = "correct horse battery";
@@ -888,39 +888,26 @@ fn interactive_prompts_on_a_terminal() {
         cmd.args(args);
         spawn_command(cmd, Some(30_000)).expect("spawn in a pty")
     };
+    // create-ca in DIR, answering the two password prompts.
+    let new_ca_on_tty = |dir: &str, repeat: &str| {
+        let mut p = run(&["create-ca", "--dn-common-name", "Tty CA", "-o", dir]);
+        answer(&mut p, "New CA key password: ", PASSWORD);
+        answer(&mut p, "Repeat the password: ", repeat);
+        p
+    };
     let exit_code = |p: &mut rexpect::session::PtySession| match p.process.wait().expect("wait") {
         rexpect::process::wait::WaitStatus::Exited(_, code) => code,
         other => panic!("not a normal exit: {other:?}"),
     };
 
     // create-ca asks twice; different answers create nothing.
-    let mut p = run(&[
-        "create-ca",
-        "--dn-common-name",
-        "Tty CA",
-        "-o",
-        &w.s("bad-ca"),
-    ]);
-    p.exp_string("New CA key password: ").unwrap();
-    p.send_line(PASSWORD).unwrap();
-    p.exp_string("Repeat the password: ").unwrap();
-    p.send_line("something else").unwrap();
+    let mut p = new_ca_on_tty(&w.s("bad-ca"), "something else");
     p.exp_string("the two passwords differ").unwrap();
     p.exp_eof().unwrap();
     assert_eq!(exit_code(&mut p), 1);
     assert!(!w.p("bad-ca/ca.key").exists());
 
-    let mut p = run(&[
-        "create-ca",
-        "--dn-common-name",
-        "Tty CA",
-        "-o",
-        &w.s("ca-certs"),
-    ]);
-    p.exp_string("New CA key password: ").unwrap();
-    p.send_line(PASSWORD).unwrap();
-    p.exp_string("Repeat the password: ").unwrap();
-    p.send_line(PASSWORD).unwrap();
+    let mut p = new_ca_on_tty(&w.s("ca-certs"), PASSWORD);
     let out = p.exp_eof().unwrap();
     assert!(!out.contains(PASSWORD), "the password was echoed: {out}");
     assert_eq!(exit_code(&mut p), 0, "{out}");
@@ -945,29 +932,24 @@ fn interactive_prompts_on_a_terminal() {
     ];
     // Answering anything but YES signs nothing.
     let mut p = run(&sign_args);
-    p.exp_string("Password for").unwrap();
-    p.send_line(PASSWORD).unwrap();
+    answer(&mut p, "Password for", PASSWORD);
     p.exp_string("Subject:            CN=replica-tty").unwrap();
     p.exp_string("Extended key usage: clientAuth").unwrap();
-    p.exp_string("Type YES to sign: ").unwrap();
-    p.send_line("yes please").unwrap();
+    answer(&mut p, "Type YES to sign: ", "yes please");
     p.exp_string("not signed").unwrap();
     p.exp_eof().unwrap();
     assert_eq!(exit_code(&mut p), 1);
     assert!(!w.p("client.pem").exists());
     // A wrong password at the prompt.
     let mut p = run(&sign_args);
-    p.exp_string("Password for").unwrap();
-    p.send_line("wrong password").unwrap();
+    answer(&mut p, "Password for", "wrong password");
     p.exp_string("wrong password").unwrap();
     p.exp_eof().unwrap();
     assert_eq!(exit_code(&mut p), 1);
     // YES signs.
     let mut p = run(&sign_args);
-    p.exp_string("Password for").unwrap();
-    p.send_line(PASSWORD).unwrap();
-    p.exp_string("Type YES to sign: ").unwrap();
-    p.send_line("YES").unwrap();
+    answer(&mut p, "Password for", PASSWORD);
+    answer(&mut p, "Type YES to sign: ", "YES");
     p.exp_string("Signed: ").unwrap();
     p.exp_eof().unwrap();
     assert_eq!(exit_code(&mut p), 0);
@@ -1038,18 +1020,18 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Waits for `prompt` on the terminal, then types `line`.
+fn answer(p: &mut rexpect::session::PtySession, prompt: &str, line: &str) {
+    p.exp_string(prompt)
+        .unwrap_or_else(|e| panic!("waiting for {prompt:?}: {e}"));
+    p.send_line(line).unwrap();
+}
+
 fn pem_body(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let out = run_cmd("base64", &["-d"], Input::Bytes(b64.as_bytes()), T);
     assert!(out.success());
     out.stdout
-}
-
-/// Whether this test runs as root (then permissions do not stop reads, so the unreadable-file
-/// case runs the binary as `nobody`).
-fn running_as_root() -> bool {
-    let out = run_cmd("id", &["-u"], Input::Null, T);
-    out.stdout_text().trim() == "0"
 }
 
 /// The end-to-end case: the five commands make the certificates with which `replink`

@@ -224,10 +224,7 @@ impl RsyncDaemon {
         let dest = dir.path().join("dest");
         std::fs::create_dir(&dest).unwrap();
         let port = free_port();
-        let root = run_cmd("id", &["-u"], Input::Null, Duration::from_secs(5))
-            .stdout_text()
-            .trim()
-            == "0";
+        let root = running_as_root();
         let conf = dir.path().join("rsyncd.conf");
         std::fs::write(
             &conf,
