@@ -70,3 +70,17 @@ pub async fn read_more<R: AsyncReadRent>(
     let (res, slice) = reader.read(buf.slice_mut(len..)).await;
     (res, slice.into_inner())
 }
+
+/// Reads at most `max` bytes, appended to `buf`'s contents: for reading up to a record
+/// boundary and not past it. Returns the byte count (0 at end of stream) and the buffer.
+pub async fn read_at_most<R: AsyncReadRent>(
+    reader: &mut R,
+    mut buf: Vec<u8>,
+    max: usize,
+) -> (std::io::Result<usize>, Vec<u8>) {
+    buf.reserve(max);
+    let len = buf.len();
+    // `len` is within the initialised part and `len + max` within the capacity just reserved.
+    let (res, slice) = reader.read(buf.slice_mut(len..len + max)).await;
+    (res, slice.into_inner())
+}

@@ -217,6 +217,30 @@ impl FromStr for BpfClassifier {
     }
 }
 
+/// An AEAD for `--ciphers` (each stands for its TLS 1.3 suite and, with `--tls12`, its
+/// ECDHE TLS 1.2 suites).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cipher {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
+impl FromStr for Cipher {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "aes128-gcm" => Ok(Cipher::Aes128Gcm),
+            "aes256-gcm" => Ok(Cipher::Aes256Gcm),
+            "chacha20-poly1305" => Ok(Cipher::Chacha20Poly1305),
+            _ => Err(format!(
+                "unknown cipher {s:?} (expected aes128-gcm, aes256-gcm or chacha20-poly1305)"
+            )),
+        }
+    }
+}
+
 /// PEM files of one TLS identity, the CA that peers must chain to, and its revocation lists.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -228,6 +252,8 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     /// Allow TLS 1.2 in addition to 1.3.
     pub tls12: bool,
+    /// AEADs allowed, in order of preference (empty: all, AES-128-GCM first).
+    pub ciphers: Vec<Cipher>,
     /// CRL files (PEM or DER), each signed by a CA of `ca`; peers they list are refused.
     pub crls: Vec<PathBuf>,
     /// Start with a CRL past its nextUpdate, and keep using it (default: refuse to start, and
@@ -252,6 +278,9 @@ pub struct ListenerConfig {
     pub idle_timeout: Option<Duration>,
     pub keepalive: bool,
     pub max_connections: usize,
+    /// Ask for fresh TLS 1.3 keys both ways after this many bytes sent under one key (None:
+    /// only near the cipher's record limit).
+    pub rekey_after: Option<u64>,
 }
 
 impl ListenerConfig {
@@ -303,6 +332,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is not a valid duration"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A byte size: a number with an optional unit (B, KiB, MiB, GiB, TiB; KB, MB, GB, TB in
+/// powers of ten), e.g. `64MiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 64MiB, 1GiB, 4096)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

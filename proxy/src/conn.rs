@@ -42,6 +42,8 @@ struct ConnInfo {
     upstream: Option<String>,
     /// The ALPN protocol selected, for the log.
     alpn: Option<String>,
+    /// The negotiated cipher suite, for the log.
+    cipher: Option<rustls::CipherSuite>,
     /// How a client of a listener with `postgres` routes began (`pg_preamble=`).
     preamble: Option<PreambleLog>,
     /// What the BPF classifier said (`bpf=`).
@@ -59,6 +61,7 @@ impl ConnInfo {
             .as_deref()
             .map(|p| String::from_utf8_lossy(p).into_owned());
         self.compressed = est.alpn.as_deref() == Some(ALPN_ZSTD);
+        self.cipher = Some(est.suite);
         self.resumed = est.resumed;
     }
 }
@@ -84,11 +87,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let subject = info.peer_subject.as_deref().unwrap_or("-");
     let upstream = info.upstream.as_deref().unwrap_or("-");
     let alpn = info.alpn.as_deref().unwrap_or("-");
+    let cipher = info.cipher.map(|c| format!("{c:?}"));
+    let cipher = cipher.as_deref().unwrap_or("-");
     let pg_preamble = info.preamble.unwrap_or(pg::NOT_SNIFFED);
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf,
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(),
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
@@ -99,7 +104,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf,
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(),
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -361,6 +366,8 @@ async fn reverse(
             None
         },
         idle_timeout: shared.config.idle_timeout,
+        ktls: shared.ktls,
+        rekey_after: shared.config.rekey_after,
     };
     relay(client, upstream, est, &opts, traffic.clone()).await
 }
@@ -412,6 +419,8 @@ async fn forward(
     let opts = RelayOptions {
         compress: if info.compressed { *compress } else { None },
         idle_timeout: shared.config.idle_timeout,
+        ktls: shared.ktls,
+        rekey_after: shared.config.rekey_after,
     };
     relay(remote, client, est, &opts, traffic.clone()).await
 }

@@ -30,6 +30,12 @@ pub struct DemoArgs {
     /// io driver: auto, io-uring, epoll.
     #[arg(long, default_value = "auto")]
     io_driver: IoDriver,
+    /// Kernel TLS on both ends: auto, on, off (see `reverse-proxy --help`).
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    ktls: replink::Ktls,
+    /// Ask for fresh TLS 1.3 keys after this many bytes under one key (e.g. 64MiB).
+    #[arg(long, value_parser = replink::config::parse_size, value_name = "SIZE")]
+    rekey_after: Option<u64>,
     /// Write the sample (one pass worth) to this file and exit, e.g. to measure `zstd -b1` on it.
     #[arg(long)]
     write_sample: Option<std::path::PathBuf>,
@@ -121,19 +127,21 @@ fn config(
             key,
             ca: pki.ca_pem.clone(),
             tls12: false,
+            ciphers: Vec::new(),
             crls: Vec::new(),
             allow_expired_crl: false,
         },
         compression,
         workers: args.workers,
         io_driver: args.io_driver,
-        ktls: replink::Ktls::Off,
+        ktls: args.ktls,
         bpf_classifier: replink::BpfClassifier::Off,
         connect_timeout: Duration::from_secs(10),
         handshake_timeout: Duration::from_secs(10),
         idle_timeout: None,
         keepalive: true,
         max_connections: 100,
+        rekey_after: args.rekey_after,
     }
 }
 

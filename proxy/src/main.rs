@@ -10,7 +10,7 @@ mod demo;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use replink::config::{parse_duration, ForwardTarget, Route, Target, TlsFiles};
+use replink::config::{parse_duration, Cipher, ForwardTarget, Route, Target, TlsFiles};
 use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
 
 #[derive(Parser)]
@@ -105,9 +105,9 @@ struct Common {
     /// io driver: auto (io_uring, else epoll), io-uring, epoll.
     #[arg(long, default_value = "auto")]
     io_driver: IoDriver,
-    /// Kernel TLS: auto (probe and report `ktls=available|unavailable` at start-up), on (also
-    /// refuse to start without it), off (no probe). The offload itself is not enabled yet:
-    /// records are sealed and opened in userspace in every mode.
+    /// Kernel TLS: auto (use it where the kernel has it, with key updates: Linux 6.13 or
+    /// later; start-up logs `ktls=available|unavailable`), on (refuse to start without it),
+    /// off (records sealed and opened in userspace).
     #[arg(long, default_value = "auto", value_name = "auto|on|off")]
     ktls: Ktls,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -126,6 +126,14 @@ struct Common {
     /// Also allow TLS 1.2 (default: TLS 1.3 only).
     #[arg(long)]
     tls12: bool,
+    /// AEADs to offer or accept, in order of preference (default: aes128-gcm,aes256-gcm,
+    /// chacha20-poly1305). A client's order decides.
+    #[arg(long, value_delimiter = ',', value_name = "AEAD,…")]
+    ciphers: Vec<Cipher>,
+    /// Ask for fresh TLS 1.3 keys in both directions after this many bytes sent under one key
+    /// (e.g. 64GiB; default: only near the cipher's record limit, every 2^23 records).
+    #[arg(long, value_parser = replink::config::parse_size, value_name = "SIZE")]
+    rekey_after: Option<u64>,
 }
 
 impl Common {
@@ -141,6 +149,7 @@ impl Common {
                 cert: self.cert,
                 ca: self.ca,
                 tls12: self.tls12,
+                ciphers: self.ciphers,
                 crls: self.crls,
                 allow_expired_crl: self.allow_expired_crl,
             },
@@ -159,6 +168,7 @@ impl Common {
             idle_timeout: self.idle_timeout,
             keepalive: !self.no_keepalive,
             max_connections: self.max_connections,
+            rekey_after: self.rekey_after,
         }
     }
 }

@@ -78,3 +78,142 @@ pub fn borrow_fd<S: AsRawFd>(socket: &S) -> BorrowedFd<'_> {
     // returned lifetime is tied to `&socket`, so the fd cannot be closed while it is in use.
     unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
 }
+
+/// `setsockopt(SOL_TLS, TLS_TX | TLS_RX)` and the `SOL_TLS` control messages (linux/tls.h).
+pub mod tls {
+    use std::io;
+    use std::os::fd::RawFd;
+
+    /// Option names at `SOL_TLS`.
+    pub const TLS_TX: libc::c_int = 1;
+    pub const TLS_RX: libc::c_int = 2;
+    /// cmsg types at `SOL_TLS`: the content type of a record to send / of a record received.
+    const TLS_SET_RECORD_TYPE: libc::c_int = 1;
+    const TLS_GET_RECORD_TYPE: libc::c_int = 2;
+    /// TLS 1.3's application_data content type (a record without a control message).
+    const APPLICATION_DATA: u8 = 23;
+
+    /// Hands the kernel the keys of one direction (`info` is a `tls12_crypto_info_*`).
+    pub fn set_crypto(fd: RawFd, direction: libc::c_int, info: &[u8]) -> io::Result<()> {
+        // SAFETY: `fd` is a socket the caller keeps open for the call; `info` is valid for
+        // the length passed, and the kernel copies at most that many bytes.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_TLS,
+                direction,
+                info.as_ptr() as *const libc::c_void,
+                info.len() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Reads back the crypto info of one direction (its `rec_seq` is the next record's
+    /// sequence number). Returns the length the kernel wrote.
+    pub fn crypto(fd: RawFd, direction: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+        let mut len = buf.len() as libc::socklen_t;
+        // SAFETY: `fd` is a socket the caller keeps open for the call; `buf` is writable for
+        // `len` bytes, and the kernel writes at most `len` and stores the length it wrote.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_TLS,
+                direction,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(len as usize)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Control-message buffer: room for one cmsg with a one-byte payload, aligned for
+    /// `cmsghdr`.
+    #[repr(C, align(8))]
+    struct Control([u8; 32]);
+
+    /// Receives one record's payload from a kTLS socket without blocking, with its content
+    /// type: how records other than application data (alerts, KeyUpdate, NewSessionTicket)
+    /// are read (a plain read of one fails with EIO). Returns (content type, length); length
+    /// 0 with type 23 is end of stream.
+    pub fn recv_record(fd: RawFd, buf: &mut [u8]) -> io::Result<(u8, usize)> {
+        let mut control = Control([0; 32]);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is a plain C struct for which all-zero is a valid (empty) value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.0.len() as _;
+        // SAFETY: `fd` is a socket the caller keeps open for the call; `msg` points at one
+        // iovec covering `buf` (writable for its length) and at `control` (writable for the
+        // length given); both outlive the call. MSG_DONTWAIT: never blocks the worker.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut typ = APPLICATION_DATA;
+        // SAFETY: `msg` was filled by recvmsg: msg_control/msg_controllen describe the cmsgs
+        // the kernel wrote into `control`, which is still alive; the CMSG_* macros only walk
+        // within them, and CMSG_DATA of a cmsg of length CMSG_LEN(1) holds one byte.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_TLS
+                    && (*cmsg).cmsg_type == TLS_GET_RECORD_TYPE
+                    && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(1) as usize
+                {
+                    typ = *libc::CMSG_DATA(cmsg);
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok((typ, n as usize))
+    }
+
+    /// Sends one record of content type `typ` (alert, handshake) through a kTLS socket,
+    /// without blocking. Returns the payload bytes the kernel took (all, or an error).
+    pub fn send_record(fd: RawFd, typ: u8, payload: &[u8]) -> io::Result<usize> {
+        let mut control = Control([0; 32]);
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        // SAFETY: msghdr is a plain C struct for which all-zero is a valid (empty) value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
+        // SAFETY: CMSG_SPACE(1) is 24 on Linux x86-64 (and at most 32 anywhere a cmsghdr is
+        // 16 bytes), so the cmsg fits in `control`; CMSG_FIRSTHDR of a msghdr whose control
+        // buffer is that large is non-null and points into `control`, CMSG_DATA at its byte.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(1) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_TLS;
+            (*cmsg).cmsg_type = TLS_SET_RECORD_TYPE;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(1) as _;
+            *libc::CMSG_DATA(cmsg) = typ;
+        }
+        // SAFETY: `fd` is a socket the caller keeps open for the call; `msg` points at
+        // `payload` (read-only for the kernel despite the *mut in iovec) and at `control`,
+        // both alive for the call. MSG_DONTWAIT: never blocks the worker.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}

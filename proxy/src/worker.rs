@@ -51,6 +51,8 @@ pub enum ModeState {
 /// Read-only state every worker of a listener sees.
 pub struct Shared {
     pub config: ListenerConfig,
+    /// Connections move their records to kernel TLS (`--ktls`, and the kernel has it).
+    pub ktls: bool,
     pub mode: ModeState,
     pub stats: Arc<Stats>,
 }
@@ -163,7 +165,7 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
     config.validate()?;
     let mode = build_mode(&config)?;
     let driver = choose_driver(config.io_driver)?;
-    ktls::check(config.ktls)?;
+    let ktls = ktls::check(config.ktls)?;
     let first = bind_reuseport(config.listen).map_err(|e| Error::Bind {
         addr: config.listen,
         err: e,
@@ -180,6 +182,7 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
     let stats = Arc::new(Stats::default());
     let shared = Arc::new(Shared {
         config,
+        ktls,
         mode,
         stats: stats.clone(),
     });

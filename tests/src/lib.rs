@@ -48,7 +48,7 @@ pub use servers::{
     flags, run_transfer, run_transfer_paused, verify_transfer, ClientReport, EchoServer,
     ServerRecord, StreamServer, Transfer, DOWN_SALT, HEADER_LEN,
 };
-pub use vm::{run_in_ktls_vm, static_replink_bin, VmRun};
+pub use vm::{run_in_ktls_vm, static_replink_bin, static_vm_peer_bin, VmRun};
 
 /// How long any wait may take before a test gives up: `REPLINK_TEST_PATIENCE_MS`, default
 /// 20 s.

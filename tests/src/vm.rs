@@ -74,17 +74,25 @@ fn prepare() {
 /// `<target>/ktls-vm/cargo`.
 pub fn static_replink_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        prepare();
-        let target = target_dir().join("ktls-vm/cargo");
-        let mut cargo = nested_cargo(&["build", "-p", "replink", "--bin", "replink"]);
-        cargo
-            .args(["--target", MUSL, "--target-dir"])
-            .arg(&target)
-            // ring's C parts: musl-tools' gcc wrapper, not the host's glibc gcc.
-            .env(format!("CC_{}", MUSL.replace('-', "_")), "musl-gcc");
-        run_build(cargo, target.join(MUSL).join("debug/replink"))
-    })
+    BIN.get_or_init(|| static_bin("replink", "replink"))
+}
+
+/// The VM's plaintext peers (`tests/vm-peer`: an echo server and a sending client), static.
+pub fn static_vm_peer_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| static_bin("replink-vm-peer", "replink-vm-peer"))
+}
+
+fn static_bin(package: &str, bin: &str) -> PathBuf {
+    prepare();
+    let target = target_dir().join("ktls-vm/cargo");
+    let mut cargo = nested_cargo(&["build", "-p", package, "--bin", bin]);
+    cargo
+        .args(["--target", MUSL, "--target-dir"])
+        .arg(&target)
+        // ring's C parts: musl-tools' gcc wrapper, not the host's glibc gcc.
+        .env(format!("CC_{}", MUSL.replace('-', "_")), "musl-gcc");
+    run_build(cargo, target.join(MUSL).join("debug").join(bin))
 }
 
 /// Boots the kTLS VM, runs `script_text` (busybox sh, as root, cwd `/tmp`) with `binaries`

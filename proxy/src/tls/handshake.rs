@@ -19,6 +19,8 @@ use crate::relay::ConnError;
 /// A completed handshake: what the record layer needs to take over.
 pub struct Established {
     pub version: ProtocolVersion,
+    /// The negotiated suite (`cipher=` in the log).
+    pub suite: rustls::CipherSuite,
     pub tx: (u64, ConnectionTrafficSecrets),
     pub rx: (u64, ConnectionTrafficSecrets),
     pub kernel: Kernel,
@@ -288,6 +290,7 @@ pub async fn accept(
         .map_err(ConnError::Tls)?;
     Ok(Established {
         version: kernel.protocol_version(),
+        suite: kernel.negotiated_cipher_suite().suite(),
         tx: secrets.tx,
         rx: secrets.rx,
         kernel: Kernel::Server(kernel),
@@ -319,6 +322,7 @@ pub async fn connect(
         .map_err(ConnError::Tls)?;
     Ok(Established {
         version: kernel.protocol_version(),
+        suite: kernel.negotiated_cipher_suite().suite(),
         tx: secrets.tx,
         rx: secrets.rx,
         kernel: Kernel::Client(kernel),

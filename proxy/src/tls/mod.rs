@@ -22,7 +22,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::TlsFiles;
+use crate::config::{Cipher, TlsFiles};
 use crate::Error;
 
 /// ALPN protocol that turns on zstd stream compression in both directions.
@@ -32,18 +32,39 @@ pub const ALPN_ZSTD: &[u8] = b"replink-zstd/1";
 /// requires the server to select it).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
-/// ring provider with AES-128-GCM first: the fastest AEAD on x86 with AES-NI, as the peers use.
-fn provider() -> Arc<CryptoProvider> {
+/// ring provider with AES-128-GCM first (the fastest AEAD on x86 with AES-NI, as the peers
+/// use), or only the AEADs of `--ciphers`, in its order.
+fn provider(ciphers: &[Cipher]) -> Arc<CryptoProvider> {
+    use rustls::CipherSuite::*;
+    let default = [
+        Cipher::Aes128Gcm,
+        Cipher::Aes256Gcm,
+        Cipher::Chacha20Poly1305,
+    ];
+    let order = if ciphers.is_empty() {
+        &default[..]
+    } else {
+        ciphers
+    };
+    let aead = |suite| match suite {
+        TLS13_AES_128_GCM_SHA256
+        | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(Cipher::Aes128Gcm),
+        TLS13_AES_256_GCM_SHA384
+        | TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(Cipher::Aes256Gcm),
+        TLS13_CHACHA20_POLY1305_SHA256
+        | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(Cipher::Chacha20Poly1305),
+        _ => None,
+    };
+    let rank = |s: &rustls::SupportedCipherSuite| {
+        aead(s.suite()).and_then(|a| order.iter().position(|c| *c == a))
+    };
     let mut p = rustls::crypto::ring::default_provider();
-    p.cipher_suites.sort_by_key(|s| {
-        use rustls::CipherSuite::*;
-        match s.suite() {
-            TLS13_AES_128_GCM_SHA256 => 0,
-            TLS13_AES_256_GCM_SHA384 => 1,
-            TLS13_CHACHA20_POLY1305_SHA256 => 2,
-            _ => 3,
-        }
-    });
+    p.cipher_suites.retain(|s| rank(s).is_some());
+    // Stable: TLS 1.3 suites (listed first by ring) stay ahead of TLS 1.2 ones of the same rank.
+    p.cipher_suites.sort_by_key(|s| rank(s));
     Arc::new(p)
 }
 
@@ -121,7 +142,7 @@ pub struct ServerConfigs {
 }
 
 pub fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, Error> {
-    let provider = provider();
+    let provider = provider(&files.ciphers);
     let (roots, crls) = load_trust(files)?;
     // A CA without a CRL is not an error (allow_unknown_revocation_status); a CA with one is
     // checked on every full handshake.
@@ -163,7 +184,7 @@ pub fn client_config(
     offer_zstd: bool,
     server_name: Option<&str>,
 ) -> Result<Arc<ClientConfig>, Error> {
-    let provider = provider();
+    let provider = provider(&files.ciphers);
     let (roots, crls) = load_trust(files)?;
     let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls.ders)

@@ -24,9 +24,9 @@ const TAG_LEN: usize = 16;
 const EXPLICIT_NONCE_LEN: usize = 8;
 /// Records sealed under one key before we ask for a KeyUpdate: well under AES-GCM's
 /// confidentiality limit of 2^24.5 records (RFC 8446 5.5).
-const KEY_UPDATE_AFTER: u64 = 1 << 23;
+pub const KEY_UPDATE_AFTER: u64 = 1 << 23;
 /// TLS 1.2 has no KeyUpdate: refuse to go past the AES-GCM limit instead.
-const TLS12_RECORD_LIMIT: u64 = 1 << 24;
+pub const TLS12_RECORD_LIMIT: u64 = 1 << 24;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -310,6 +310,11 @@ impl Opener {
             keys: Keys::new(version, seq, secrets)?,
             opened_any: false,
         })
+    }
+
+    /// Sequence number of the next record to open.
+    pub fn seq(&self) -> u64 {
+        self.keys.seq
     }
 
     /// Total length of the first record of `buf`, once its header is there.

@@ -75,6 +75,7 @@ fn reverse_config(
             key: pki.server_key.clone(),
             ca: pki.ca_pem.clone(),
             tls12,
+            ciphers: Vec::new(),
             crls: Vec::new(),
             allow_expired_crl: false,
         },
@@ -88,6 +89,7 @@ fn reverse_config(
         idle_timeout: None,
         keepalive: true,
         max_connections: 100,
+        rekey_after: None,
     }
 }
 
