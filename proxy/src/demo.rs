@@ -62,8 +62,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.size_mib, args.zstd_level
     );
     println!(
-        "{:<12} {:>10} {:>12} {:>14} {:>12} {:>8}  sha256",
-        "pass", "MB/s", "CPU-s/GiB", "wire bytes", "ratio", "driver"
+        "{:<12} {:>10} {:>12} {:>14} {:>12} {:>8} {:>8}  sha256",
+        "pass", "MB/s", "CPU-s/GiB", "wire bytes", "ratio", "driver", "records"
     );
     for compression in [
         Compression::Zstd {
@@ -78,13 +78,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let pass = one_pass(&args, &pki, compression, &sample, total)
             .with_context(|| format!("pass with compression {tag}"))?;
         println!(
-            "{:<12} {:>10.0} {:>12.2} {:>14} {:>11.2}x {:>8}  {}",
+            "{:<12} {:>10.0} {:>12.2} {:>14} {:>11.2}x {:>8} {:>8}  {}",
             format!("compression {tag}"),
             total as f64 / pass.seconds / 1e6,
             pass.cpu_seconds / (total as f64 / (1u64 << 30) as f64),
             pass.wire_bytes,
             total as f64 / pass.wire_bytes.max(1) as f64,
             pass.driver,
+            if pass.ktls { "kernel" } else { "rustls" },
             if pass.checksum_ok {
                 "match"
             } else {
@@ -105,6 +106,8 @@ struct Pass {
     wire_bytes: u64,
     checksum_ok: bool,
     driver: String,
+    /// The connection's records were sealed and opened by kernel TLS.
+    ktls: bool,
 }
 
 fn config(
@@ -230,6 +233,7 @@ fn one_pass(
         wire_bytes: forward.stats.wire_out.load(Ordering::Relaxed),
         checksum_ok: received == total && digest == sent_digest,
         driver: forward.driver.to_string(),
+        ktls: forward.stats.ktls.load(Ordering::Relaxed) > 0,
     })
 }
 

@@ -78,6 +78,8 @@ pub struct Stats {
     pub wire_out: AtomicU64,
     pub wire_in: AtomicU64,
     pub tls_to_plain: AtomicU64,
+    /// Connections whose records the kernel sealed and opened (kTLS both ways).
+    pub ktls: AtomicU64,
 }
 
 impl Stats {
@@ -95,5 +97,8 @@ impl Stats {
         self.wire_out.fetch_add(t.wire_out.get(), r);
         self.wire_in.fetch_add(t.wire_in.get(), r);
         self.tls_to_plain.fetch_add(t.tls_to_plain.get(), r);
+        if t.ktls_tx.get() && t.ktls_rx.get() {
+            self.ktls.fetch_add(1, r);
+        }
     }
 }

@@ -232,6 +232,25 @@ grep closed $log
             ));
         }
     }
+    // A forward end killed mid-stream: the reverse end's kernel-TLS socket sees a reset (or
+    // an end without close_notify) and fails the connection, resetting the upstream leg; the
+    // client's copy is short: nothing passes for complete.
+    script.push_str(&format!(
+        r#"head -c 33554432 /dev/urandom >/tmp/big
+replink forward-proxy --listen 127.0.0.1:7600 --target 127.0.0.1:7443 --sni {ROUTE} \
+    --workers 1 --ktls on --compression off \
+    --cert /tmp/client.pem --key /tmp/client.key --ca /tmp/ca.pem >/tmp/forward-killed.log 2>&1 &
+fpid=$!
+wait_listening /tmp/forward-killed.log
+replink-vm-peer send 127.0.0.1:7600 /tmp/big /tmp/big.out &
+spid=$!
+sleep 1.5
+kill -9 $fpid
+if wait $spid; then echo "killed-send: exit 0"; else echo "killed-send: exit $?"; fi
+if cmp -s /tmp/big /tmp/big.out; then echo "killed-copy: complete"; else echo "killed-copy: short $(wc -c </tmp/big.out)"; fi
+sleep 0.5
+"#
+    ));
     script.push_str("snapshot after\necho '--- reverse'\ncat /tmp/reverse.log\n");
 
     let started = Instant::now();
@@ -273,11 +292,19 @@ grep closed $log
     }
     let reverse = console.split("--- reverse\n").nth(1).unwrap_or_default();
     let closed: Vec<&str> = reverse.lines().filter(|l| l.contains("closed")).collect();
-    assert_eq!(closed.len(), 12, "{reverse}");
-    for line in closed {
+    assert_eq!(closed.len(), 13, "{reverse}");
+    for line in &closed[..12] {
         assert!(line.contains("ktls=\"tx+rx\""), "{line}");
         assert!(line.contains("reason=\"done\""), "{line}");
     }
+    let killed = closed[12];
+    assert!(killed.contains("ktls=\"tx+rx\""), "{killed}");
+    // A reset (the killed process had unread bytes) or an end without close_notify.
+    assert!(
+        killed.contains("reason=\"tls_socket_error\"") || killed.contains("reason=\"truncated\""),
+        "{killed}"
+    );
+    run.assert_says(&["killed-copy: short"]);
     let delta =
         |counter| tls_stat(console, "after", counter) - tls_stat(console, "before", counter);
     // 12 connections, each a kTLS socket at both ends.
