@@ -23,6 +23,7 @@ mod bpf;
 mod buffers;
 mod codec;
 pub mod config;
+pub mod config_file;
 mod conn;
 pub mod ktls;
 mod pg;
@@ -40,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// drive zstd the same way.
 pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
 pub use config::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
-pub use worker::{start, Driver, ProxyHandle};
+pub use worker::{check, start, Driver, ProxyHandle};
 
 /// Errors that stop a listener from starting. Per-connection failures are logged, not returned.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ mod demo;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replink::config::{parse_duration, Cipher, ForwardTarget, Route, Target, TlsFiles};
+use replink::config_file::{self, NamedListener, ServiceConfig};
 use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
 
 #[derive(Parser)]
@@ -66,6 +67,19 @@ enum Command {
     },
     /// Throwaway PKI, both ends on loopback, a WAL-like sample pushed through, figures printed.
     Demo(demo::DemoArgs),
+    /// Service mode: every listener of a config file (TOML; see README "Service mode").
+    Run {
+        /// The config file (default: $REPLINK_CONFIG).
+        #[arg(long, env = "REPLINK_CONFIG")]
+        config: PathBuf,
+    },
+    /// Checks a config file (syntax, keys, values, certificates, keys, CRLs, routes) and
+    /// prints the effective config; exit 1 with every error found.
+    Check {
+        /// The config file (default: $REPLINK_CONFIG).
+        #[arg(long, env = "REPLINK_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +140,9 @@ struct Common {
     /// Also allow TLS 1.2 (default: TLS 1.3 only).
     #[arg(long)]
     tls12: bool,
+    /// Print this command line as a config file for `replink run --config` and exit.
+    #[arg(long)]
+    print_config: bool,
     /// AEADs to offer or accept, in order of preference (default: aes128-gcm,aes256-gcm,
     /// chacha20-poly1305). A client's order decides.
     #[arg(long, value_delimiter = ',', value_name = "AEAD,…")]
@@ -183,6 +200,76 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// A quick-mode command line: printed as a config file (`--print-config`), or served.
+fn quick(config: ListenerConfig, kind: &str, print_config: bool) -> anyhow::Result<()> {
+    if print_config {
+        let service = ServiceConfig {
+            log_level: None,
+            listeners: vec![NamedListener {
+                name: kind.to_owned(),
+                config,
+            }],
+        };
+        print!("{}", config_file::render(&service));
+        return Ok(());
+    }
+    serve(config, kind)
+}
+
+/// `replink run`: starts every listener of the file (each under its name), then waits.
+fn run_service(path: &std::path::Path) -> anyhow::Result<()> {
+    let service = config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut handles = Vec::new();
+    for l in service.listeners {
+        let workers = l.config.workers;
+        let handle = replink::start(l.config, &l.name)
+            .with_context(|| format!("{}: listener {:?} did not start", path.display(), l.name))?;
+        tracing::info!(
+            addr = %handle.local_addr,
+            listener = %l.name,
+            workers,
+            driver = %handle.driver,
+            "listening"
+        );
+        handles.push(handle);
+    }
+    for h in handles {
+        h.wait();
+    }
+    Ok(())
+}
+
+/// `replink check`: the file, then what `start` would load for each listener.
+fn check_service(path: &std::path::Path) -> anyhow::Result<()> {
+    let service = match config_file::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            let n = e.errors.len();
+            anyhow::bail!(
+                "{e}\n{n} error{} in {}",
+                if n == 1 { "" } else { "s" },
+                path.display()
+            );
+        }
+    };
+    let mut failed = Vec::new();
+    for l in &service.listeners {
+        if let Err(e) = replink::check(&l.config) {
+            failed.push(format!("{}: listener {:?}: {e}", path.display(), l.name));
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("\n"));
+    }
+    println!(
+        "# {}: OK, {} listener(s). Effective config:",
+        path.display(),
+        service.listeners.len()
+    );
+    print!("{}", config_file::render(&service));
+    Ok(())
+}
+
 fn serve(config: ListenerConfig, kind: &str) -> anyhow::Result<()> {
     let workers = config.workers;
     let compression = config.compression;
@@ -201,42 +288,54 @@ fn serve(config: ListenerConfig, kind: &str) -> anyhow::Result<()> {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own report; per-connection lines would only interleave with it.
-    init_logging(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    init_logging(
+        if matches!(cli.command, Command::Demo(_) | Command::Check { .. }) {
+            "warn"
+        } else {
+            "info"
+        },
+    );
     match cli.command {
         Command::ReverseProxy {
             listen,
             routes,
             bpf_classifier,
             common,
-        } => serve(
-            ListenerConfig {
-                bpf_classifier,
-                ..common.into_config(listen, Mode::Reverse { routes })
-            },
-            "reverse",
-        ),
+        } => {
+            let print = common.print_config;
+            quick(
+                ListenerConfig {
+                    bpf_classifier,
+                    ..common.into_config(listen, Mode::Reverse { routes })
+                },
+                "reverse",
+                print,
+            )
+        }
         Command::ForwardProxy {
             listen,
             target,
             sni,
             server_name,
             common,
-        } => serve(
-            common.into_config(
-                listen,
-                Mode::Forward(ForwardTarget {
-                    target,
-                    sni,
-                    server_name,
-                }),
-            ),
-            "forward",
-        ),
+        } => {
+            let print = common.print_config;
+            quick(
+                common.into_config(
+                    listen,
+                    Mode::Forward(ForwardTarget {
+                        target,
+                        sni,
+                        server_name,
+                    }),
+                ),
+                "forward",
+                print,
+            )
+        }
         Command::Demo(args) => demo::run(args),
+        Command::Run { config } => run_service(&config),
+        Command::Check { config } => check_service(&config),
     }
 }
 

@@ -159,6 +159,13 @@ impl ProxyHandle {
     }
 }
 
+/// Everything `start` checks before it binds: the settings, certificates, keys (and their
+/// permissions), CA bundles, CRLs and routes. For `replink check`.
+pub fn check(config: &ListenerConfig) -> Result<(), Error> {
+    config.validate()?;
+    build_mode(config).map(drop)
+}
+
 /// Validates the config, loads certificates, binds one listener per worker and starts the
 /// workers. Connections are accepted as soon as this returns.
 pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle, Error> {

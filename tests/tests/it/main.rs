@@ -3,6 +3,10 @@
 //! - `bpf_classifier`: `--bpf-classifier on` with an exact and a wildcard route: forward ends
 //!   through both and `s_client` with an unknown SNI and without SNI; `bpf=` on each line
 //!   matches userspace's decision, no `bpf_classifier_mismatch`.
+//! - `config_file`: `replink run --config` with a reverse and a forward listener in one
+//!   process carries exact bytes; `replink check` reports every error of a bad file with its
+//!   line, column and key (a table of bad files), refuses a group-readable key with the
+//!   `chmod`; a quick mode's `--print-config` output runs as a config file.
 //! - `data_paths`: ~20 concurrent two-way transfers (0 B .. 64 MiB, plus one of 256 MiB),
 //!   random write sizes, half-closes, byte-exact on both ends, for compression zstd/off ×
 //!   io driver io_uring/epoll; the per-connection log lines account for every byte.
@@ -25,7 +29,9 @@
 //!   still use the route with zstd.
 //! - `ktls`: `--ktls` on this host (`on` refuses to start without kernel TLS, `auto` logs
 //!   `ktls=unavailable` with the reason; `ktls=available` on a kernel with TLS), and in a QEMU
-//!   VM with Debian's kernel (`scripts/ktls-vm.sh`) where a static `replink --ktls on` starts.
+//!   VM with Debian's kernel (`scripts/ktls-vm.sh`): separate reverse and forward ends with
+//!   `--ktls on` carry exact bytes for each cipher, zstd on/off, with KeyUpdates both ways and
+//!   a resumed connection, and `/proc/net/tls_stat` proves the kernel did the records.
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
@@ -43,6 +49,7 @@
 //! (`data_paths` prints the seed it used); `REPLINK_TEST_PATIENCE_MS` (default 20000) bounds every wait.
 
 mod bpf_classifier;
+mod config_file;
 mod data_paths;
 mod ktls;
 mod openssl_interop;
