@@ -60,6 +60,12 @@ pub fn set_tcp_ulp(fd: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
     }
 }
 
+/// The process's effective user id (whose files it may trust as its own).
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Gives free heap pages back to the kernel (glibc keeps freed zstd contexts resident
 /// otherwise, so an idle compressed link would still cost its contexts' memory).
 pub fn trim_allocator() {

@@ -99,9 +99,22 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     Ok(certs)
 }
 
-/// Reads the private key, refusing a file that group or others can read.
+/// Reads the private key, refusing a file that group or others can read, or that another user
+/// owns (they could replace it).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     let meta = fs::metadata(path).map_err(|e| file_error(path, e))?;
+    let uid = crate::sys::effective_uid();
+    if meta.uid() != uid {
+        return Err(file_error(
+            path,
+            format!(
+                "private key is owned by uid {}, not by this process's user (uid {uid}); \
+                 run: chown {uid} {}",
+                meta.uid(),
+                path.display()
+            ),
+        ));
+    }
     if meta.mode() & 0o077 != 0 {
         return Err(file_error(
             path,

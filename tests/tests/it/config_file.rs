@@ -212,7 +212,8 @@ fn check_reports_every_error_with_its_line() {
     }
 }
 
-/// A key file others can read is refused by `check`, naming the file and the `chmod`.
+/// A key file others can read is refused by `check`, naming the file and the `chmod`; so is
+/// one another user owns. (The tests run as root, which can chown.)
 #[test]
 fn check_refuses_a_readable_key() {
     use std::os::unix::fs::PermissionsExt;
