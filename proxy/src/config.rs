@@ -87,30 +87,74 @@ impl FromStr for RouteKind {
     }
 }
 
-/// `HOST:PORT`, resolved once at start-up (re-resolution at connect time belongs to service mode).
+/// Where a route (or a forward listener) connects: one or more endpoints, tried in order
+/// (primary, then backups), each `HOST:PORT`. Written `a:5432,b:5432`.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// As written (the log's `upstream=` names the endpoint used).
     pub spec: String,
-    pub addrs: Vec<SocketAddr>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One `HOST:PORT` of a target. An IP address is used as it is; a name is resolved again at
+/// each connect (its addresses tried in order), so a backup that moves is followed.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub spec: String,
+    pub host: String,
+    pub port: u16,
+    /// The address, when `host` is an IP address.
+    pub literal: Option<SocketAddr>,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Endpoint {
+                spec: s.to_owned(),
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                literal: Some(addr),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("target {s:?} has no port (expected HOST:PORT)"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("target {s:?}: bad port {port:?}"))?;
+        if host.is_empty() || host.contains(['[', ']', ':', ' ', '/']) {
+            return Err(format!("target {s:?}: bad host {host:?}"));
+        }
+        // A name must resolve when the config is read (a typo stops start-up); it is resolved
+        // again at each connect.
+        match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("target {s:?} resolves to no address")),
+            Err(e) => return Err(format!("target {s:?} does not resolve: {e}")),
+        }
+        Ok(Endpoint {
+            spec: s.to_owned(),
+            host: host.to_owned(),
+            port,
+            literal: None,
+        })
+    }
 }
 
 impl FromStr for Target {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if !s.contains(':') {
-            return Err(format!("target {s:?} has no port (expected HOST:PORT)"));
-        }
-        let addrs: Vec<SocketAddr> = s
-            .to_socket_addrs()
-            .map_err(|e| format!("target {s:?} does not resolve: {e}"))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(format!("target {s:?} resolves to no address"));
-        }
+        let endpoints = s
+            .split(',')
+            .map(|e| e.trim().parse::<Endpoint>())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Target {
             spec: s.to_owned(),
-            addrs,
+            endpoints,
         })
     }
 }
@@ -368,6 +412,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
 
+    /// A target list keeps its order (primary first); names stay names (resolved again at each
+    /// connect), IP addresses are taken as they are; a bad endpoint anywhere is an error.
+    #[test]
+    fn target_lists() {
+        let t: Target = "127.0.0.1:5432, localhost:5433,[::1]:5434".parse().unwrap();
+        let specs: Vec<&str> = t.endpoints.iter().map(|e| e.spec.as_str()).collect();
+        assert_eq!(specs, ["127.0.0.1:5432", "localhost:5433", "[::1]:5434"]);
+        assert!(t.endpoints[0].literal.is_some());
+        assert_eq!(t.endpoints[1].literal, None);
+        assert_eq!(
+            (t.endpoints[1].host.as_str(), t.endpoints[1].port),
+            ("localhost", 5433)
+        );
+        let r: Route = "pg.repl.test=127.0.0.1:1,127.0.0.1:2:postgres"
+            .parse()
+            .unwrap();
+        assert_eq!((r.kind, r.target.endpoints.len()), (RouteKind::Postgres, 2));
+        assert!("127.0.0.1:1,".parse::<Target>().is_err());
+        assert!("127.0.0.1:1,nohost".parse::<Target>().is_err());
+        assert!("127.0.0.1:1,localhost:99999".parse::<Target>().is_err());
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
@@ -381,7 +447,10 @@ mod tests {
     #[test]
     fn routes() {
         let r: Route = "pg.repl.test=127.0.0.1:5432".parse().unwrap();
-        assert_eq!(r.target.addrs, vec!["127.0.0.1:5432".parse().unwrap()]);
+        assert_eq!(
+            r.target.endpoints[0].literal,
+            Some("127.0.0.1:5432".parse().unwrap())
+        );
         assert_eq!(r.kind, RouteKind::Stream);
         assert!("*.repl.test=127.0.0.1:1".parse::<Route>().is_ok());
         assert!("pg.repl.test".parse::<Route>().is_err());
@@ -394,14 +463,23 @@ mod tests {
         let r: Route = "pg.repl.test=127.0.0.1:5432:postgres".parse().unwrap();
         assert_eq!(r.kind, RouteKind::Postgres);
         assert_eq!(r.target.spec, "127.0.0.1:5432");
-        assert_eq!(r.target.addrs, vec!["127.0.0.1:5432".parse().unwrap()]);
+        assert_eq!(
+            r.target.endpoints[0].literal,
+            Some("127.0.0.1:5432".parse().unwrap())
+        );
 
         let r: Route = "pg.repl.test=[::1]:5432:postgres".parse().unwrap();
         assert_eq!(r.kind, RouteKind::Postgres);
-        assert_eq!(r.target.addrs, vec!["[::1]:5432".parse().unwrap()]);
+        assert_eq!(
+            r.target.endpoints[0].literal,
+            Some("[::1]:5432".parse().unwrap())
+        );
         let r: Route = "pg.repl.test=[::1]:5432".parse().unwrap();
         assert_eq!(r.kind, RouteKind::Stream);
-        assert_eq!(r.target.addrs, vec!["[::1]:5432".parse().unwrap()]);
+        assert_eq!(
+            r.target.endpoints[0].literal,
+            Some("[::1]:5432".parse().unwrap())
+        );
         let r: Route = "*.repl.test=localhost:5432:postgres".parse().unwrap();
         assert_eq!(
             (r.kind, r.target.spec.as_str()),

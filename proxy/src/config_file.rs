@@ -321,7 +321,7 @@ impl Cx<'_> {
             let routes = route(self)?;
             Mode::Reverse { routes }
         } else {
-            let target = self.required::<Target>(t, span.clone(), path, "target");
+            let target = self.target(t, span.clone(), path);
             let sni = self.required::<String>(t, span.clone(), path, "sni");
             let server_name = self.parsed::<String>(t, path, "server_name");
             let (Some(target), Some(sni)) = (target, sni) else {
@@ -397,7 +397,7 @@ impl Cx<'_> {
             };
             self.unknown_keys(r, &path, ROUTE_KEYS);
             let sni = self.required::<replink_ebpf::SniPattern>(r, item.span(), &path, "sni");
-            let target = self.required::<Target>(r, item.span(), &path, "target");
+            let target = self.target(r, item.span(), &path);
             let kind = match self.string(r, &path, "kind") {
                 None => Some(RouteKind::Stream),
                 Some((k, _)) if k == "stream" => Some(RouteKind::Stream),
@@ -471,6 +471,39 @@ impl Cx<'_> {
             return None;
         }
         self.parsed(t, path, key)
+    }
+
+    /// `target`: `"HOST:PORT"`, or a list of them tried in order (primary, then backups).
+    fn target(&mut self, t: &DeTable<'_>, table_span: Range<usize>, path: &str) -> Option<Target> {
+        let key = join(path, "target");
+        let Some(v) = t.get("target") else {
+            self.error(table_span, &key, "missing");
+            return None;
+        };
+        let spec = match v.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Array(items) if !items.is_empty() => {
+                let mut parts = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.get_ref() {
+                        DeValue::String(s) if !s.contains(',') => parts.push(s.to_string()),
+                        _ => self.error(
+                            item.span(),
+                            &format!("{key}[{i}]"),
+                            "expected \"HOST:PORT\"",
+                        ),
+                    }
+                }
+                parts.join(",")
+            }
+            _ => {
+                self.error(v.span(), &key, "expected \"HOST:PORT\" or a list of them");
+                return None;
+            }
+        };
+        spec.parse::<Target>()
+            .map_err(|e| self.error(v.span(), &key, e))
+            .ok()
     }
 
     fn integer(&mut self, t: &DeTable<'_>, path: &str, key: &str) -> Option<i64> {
@@ -569,7 +602,7 @@ pub fn render(config: &ServiceConfig) -> String {
         let _ = writeln!(out, "mode = \"{mode}\"");
         let _ = writeln!(out, "listen = \"{}\"", c.listen);
         if let Mode::Forward(f) = &c.mode {
-            let _ = writeln!(out, "target = {}", quote(&f.target.spec));
+            let _ = writeln!(out, "target = {}", target_text(&f.target));
             let _ = writeln!(out, "sni = {}", quote(&f.sni));
             if let Some(name) = &f.server_name {
                 let _ = writeln!(out, "server_name = {}", quote(name));
@@ -660,7 +693,7 @@ pub fn render(config: &ServiceConfig) -> String {
             for r in routes {
                 let _ = writeln!(out, "\n[[listener.route]]");
                 let _ = writeln!(out, "sni = {}", quote(&r.pattern.to_string()));
-                let _ = writeln!(out, "target = {}", quote(&r.target.spec));
+                let _ = writeln!(out, "target = {}", target_text(&r.target));
                 let kind = match r.kind {
                     RouteKind::Stream => "stream",
                     RouteKind::Postgres => "postgres",
@@ -670,6 +703,16 @@ pub fn render(config: &ServiceConfig) -> String {
         }
     }
     out
+}
+
+fn target_text(t: &Target) -> String {
+    match &t.endpoints[..] {
+        [one] => quote(&one.spec),
+        many => {
+            let parts: Vec<String> = many.iter().map(|e| quote(&e.spec)).collect();
+            format!("[{}]", parts.join(", "))
+        }
+    }
 }
 
 fn cipher_name(c: Cipher) -> &'static str {

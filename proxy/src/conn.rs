@@ -24,7 +24,7 @@ use rustls::{AlertDescription, ContentType};
 
 use crate::bpf::{BpfOutcome, Userspace};
 use crate::buffers::{read_more, SMALL};
-use crate::config::{RouteKind, Target};
+use crate::config::{Endpoint, RouteKind, Target};
 use crate::pg::{self, Next, Preamble, PreambleLog};
 use crate::relay::{relay, ConnError, RelayOptions, Traffic};
 use crate::tls::handshake::Established;
@@ -48,6 +48,8 @@ struct ConnInfo {
     preamble: Option<PreambleLog>,
     /// What the BPF classifier said (`bpf=`).
     bpf: BpfOutcome,
+    /// Upstream endpoints that did not answer before the one used (failover).
+    failed_over: u32,
     /// The TLS handshake completed and the route accepted the client (a failure after this is
     /// not a refusal).
     established: bool,
@@ -93,7 +95,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(),
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
@@ -104,7 +106,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(),
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -135,32 +137,73 @@ async fn with_deadline<T>(
     }
 }
 
-/// Tries the target's addresses in order, each with the connect timeout.
-async fn connect(
-    target: &Target,
+/// Tries the target's endpoints in order (primary, then backups), each address of each with
+/// the connect timeout; a name is resolved now, off the worker thread. Returns the stream and
+/// the endpoint that answered; `info.failed_over` counts the endpoints that did not.
+async fn connect<'t>(
+    target: &'t Target,
     timeout: Duration,
     shared: &Shared,
-) -> Result<TcpStream, ConnError> {
+    info: &mut ConnInfo,
+) -> Result<(TcpStream, &'t Endpoint), ConnError> {
     let mut last = None;
-    for addr in &target.addrs {
-        match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
-            Ok(Ok(s)) => {
-                set_socket_options(&s, shared);
-                return Ok(s);
-            }
-            Ok(Err(e)) => last = Some(e),
-            Err(_) => {
-                last = Some(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
+    for endpoint in &target.endpoints {
+        let addrs = match endpoint.literal {
+            Some(addr) => vec![addr],
+            None => match resolve(endpoint, timeout).await {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    last = Some(e);
+                    info.failed_over += 1;
+                    continue;
+                }
+            },
+        };
+        for addr in addrs {
+            match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+                Ok(Ok(s)) => {
+                    set_socket_options(&s, shared);
+                    return Ok((s, endpoint));
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                }
             }
         }
+        info.failed_over += 1;
     }
     Err(ConnError::Connect {
         target: target.spec.clone(),
         err: last.unwrap_or_else(|| std::io::Error::other("no address")),
     })
+}
+
+/// Resolves a name on the runtime's blocking pool (getaddrinfo blocks), within `timeout`.
+async fn resolve(endpoint: &Endpoint, timeout: Duration) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let (host, port) = (endpoint.host.clone(), endpoint.port);
+    let lookup = monoio::spawn_blocking(move || {
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .map(|a| a.collect::<Vec<_>>())
+    });
+    match monoio::time::timeout(timeout, lookup).await {
+        Ok(Ok(Ok(addrs))) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(Ok(_))) => Err(std::io::Error::other(format!(
+            "{} resolves to no address",
+            endpoint.host
+        ))),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err(std::io::Error::other("the resolver thread failed")),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("resolving {} timed out", endpoint.host),
+        )),
+    }
 }
 
 /// A fatal alert sealed under the connection's keys, for a failure right after the handshake.
@@ -348,17 +391,18 @@ async fn reverse(
         return Err(ConnError::NotPostgresRoute(route.name.clone()));
     }
     info.established = true;
-    let upstream = match connect(&route.target, shared.config.connect_timeout, shared).await {
-        Ok(u) => u,
-        Err(e) => {
-            // Tell the client in TLS why it is being closed: a bare FIN after the handshake
-            // would read as a truncated stream. internal_error: a failure unrelated to the
-            // peer makes it impossible to continue (RFC 8446, 6.2).
-            send_sealed_alert(&mut client, est, AlertDescription::InternalError).await;
-            return Err(e);
-        }
-    };
-    info.upstream = Some(route.target.spec.clone());
+    let (upstream, endpoint) =
+        match connect(&route.target, shared.config.connect_timeout, shared, info).await {
+            Ok(u) => u,
+            Err(e) => {
+                // Tell the client in TLS why it is being closed: a bare FIN after the handshake
+                // would read as a truncated stream. internal_error: a failure unrelated to the
+                // peer makes it impossible to continue (RFC 8446, 6.2).
+                send_sealed_alert(&mut client, est, AlertDescription::InternalError).await;
+                return Err(e);
+            }
+        };
+    info.upstream = Some(endpoint.spec.clone());
     let opts = RelayOptions {
         compress: if info.compressed {
             route.compress
@@ -406,8 +450,9 @@ async fn forward(
     };
     info.route = Some(target.spec.clone());
     let deadline = Instant::now() + shared.config.connect_timeout + shared.config.handshake_timeout;
-    let mut remote = connect(target, shared.config.connect_timeout, shared).await?;
-    info.upstream = Some(target.spec.clone());
+    let (mut remote, endpoint) =
+        connect(target, shared.config.connect_timeout, shared, info).await?;
+    info.upstream = Some(endpoint.spec.clone());
     let est = with_deadline(
         deadline,
         "handshake",

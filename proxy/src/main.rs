@@ -32,7 +32,9 @@ enum Command {
         /// Address to listen on for mTLS connections.
         #[arg(long)]
         listen: SocketAddr,
-        /// SNI=HOST:PORT[:postgres]; repeat for more routes. SNI may be a wildcard
+        /// SNI=HOST:PORT[,HOST:PORT…][:postgres]; repeat for more routes. Several targets are
+        /// tried in order (primary, then backups); a host name is resolved again at each
+        /// connect. SNI may be a wildcard
         /// (*.repl.example.com), matched after exact names. `:postgres` marks a PostgreSQL
         /// upstream that libpq may also reach directly (SSLRequest, or direct TLS with ALPN
         /// `postgresql`), with its own client certificate.
@@ -53,7 +55,8 @@ enum Command {
         /// Address to listen on for plaintext connections (keep it on loopback).
         #[arg(long)]
         listen: SocketAddr,
-        /// The remote replink reverse proxy, HOST:PORT.
+        /// The remote replink reverse proxy, HOST:PORT; several (comma-separated) are tried in
+        /// order.
         #[arg(long)]
         target: Target,
         /// SNI to send: selects the route at the reverse end.

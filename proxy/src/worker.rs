@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use monoio::blocking::DefaultThreadPool;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use replink_ebpf::SniTable;
 use rustls_pki_types::ServerName;
@@ -211,13 +212,16 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
 
 fn run_worker(driver: Driver, listener: std::net::TcpListener, shared: Arc<Shared>) {
     let result = match driver {
+        // The blocking pool resolves upstream names at connect time (getaddrinfo blocks).
         Driver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(1024)
             .enable_timer()
+            .attach_thread_pool(Box::new(DefaultThreadPool::new(1)))
             .build()
             .map(|mut rt| rt.block_on(accept_loop(listener, shared))),
         Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
+            .attach_thread_pool(Box::new(DefaultThreadPool::new(1)))
             .build()
             .map(|mut rt| rt.block_on(accept_loop(listener, shared))),
     };

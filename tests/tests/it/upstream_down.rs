@@ -89,3 +89,82 @@ fn closed_upstream_port_closes_the_client_quickly() {
     reverse.assert_running();
     dead_fwd.assert_running();
 }
+
+/// Failover: a route's target list is tried in order. With the primary's port closed, the
+/// backup carries a byte-exact transfer and the connection's line names it, with
+/// `failed_over=1`; a forward end whose first remote appliance is down does the same. A route
+/// whose every upstream is down refuses its client promptly (`upstream_connect_failed`,
+/// `failed_over=2`).
+#[test]
+fn target_lists_fail_over_in_order() {
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dead2 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let opts = PairOptions {
+        extra_reverse: strings(&[
+            "--route",
+            &format!("{ROUTE}={dead},{}", server.addr()),
+            "--route",
+            &format!("down.repl.test={dead},{dead2}"),
+        ]),
+        ..PairOptions::default()
+    };
+    let reverse = start_reverse(&pki, &[], &opts);
+    let identity = (
+        pki.files.client_cert.as_path(),
+        pki.files.client_key.as_path(),
+    );
+    let mut args = forward_command(&pki, identity, reverse.addr(), ROUTE, &opts);
+    let at = args.iter().position(|a| a == "--target").unwrap() + 1;
+    args[at] = format!("{dead2},{}", reverse.addr());
+    let forward = ReplinkProcess::spawn(&args);
+
+    let t = Transfer::new(run_seed() ^ 0xfa11, 4 << 20, 4 << 20).compressible(true);
+    let report = run_transfer(forward.addr(), t);
+    verify_transfer(&server, &report).unwrap();
+    reverse.wait_count(r#"closed .*reason="done""#, 1);
+    forward.wait_count(r#"closed .*reason="done""#, 1);
+    let line = &reverse.conn_lines()[0];
+    assert_eq!(
+        line.get("upstream"),
+        Some(&*server.addr().to_string()),
+        "{}",
+        line.raw
+    );
+    assert_eq!(line.num("failed_over"), 1, "{}", line.raw);
+    let line = &forward.conn_lines()[0];
+    assert_eq!(
+        line.get("upstream"),
+        Some(&*reverse.addr().to_string()),
+        "{}",
+        line.raw
+    );
+    assert_eq!(line.num("failed_over"), 1, "{}", line.raw);
+
+    let down = start_forward(
+        &pki,
+        reverse.addr(),
+        "down.repl.test",
+        &PairOptions::default(),
+    );
+    let started = Instant::now();
+    let mut c = TcpStream::connect(down.addr()).expect("the forward end accepts");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(b"hello");
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "bytes from a route with no upstream");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    reverse.wait_count(r#"reason="upstream_connect_failed""#, 1);
+    let refused = reverse
+        .conn_lines()
+        .into_iter()
+        .find(|l| l.get("reason") == Some("upstream_connect_failed"))
+        .unwrap();
+    assert_eq!(refused.num("failed_over"), 2, "{}", refused.raw);
+}
