@@ -30,6 +30,10 @@ pub struct LeafSpec {
     pub common_name: String,
     pub dns_names: Vec<String>,
     pub ips: Vec<IpAddr>,
+    /// URI subject alternative names (SPIFFE IDs).
+    pub uris: Vec<String>,
+    /// Subject organizational unit.
+    pub org_unit: Option<String>,
     pub usage: LeafUsage,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
@@ -43,6 +47,8 @@ impl LeafSpec {
             common_name: common_name.to_owned(),
             dns_names: Vec::new(),
             ips: Vec::new(),
+            uris: Vec::new(),
+            org_unit: None,
             usage,
             not_before: now - Duration::days(1),
             not_after: now + Duration::days(365),
@@ -57,6 +63,16 @@ impl LeafSpec {
     pub fn client(common_name: &str) -> Self {
         Self::new(common_name, LeafUsage::Client)
     }
+}
+
+/// A subject alternative name's IA5 string.
+fn ia5(name: &str) -> Result<rcgen::Ia5String, PkiError> {
+    name.to_owned()
+        .try_into()
+        .map_err(|e: rcgen::Error| PkiError::Name {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -115,15 +131,16 @@ impl Ca {
         let key = spec.algorithm.generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&spec.common_name);
+        if let Some(ou) = &spec.org_unit {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, ou.as_str());
+        }
+        for uri in &spec.uris {
+            params.subject_alt_names.push(SanType::URI(ia5(uri)?));
+        }
         for name in &spec.dns_names {
-            let ia5 = name
-                .clone()
-                .try_into()
-                .map_err(|e: rcgen::Error| PkiError::Name {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            params.subject_alt_names.push(SanType::DnsName(ia5));
+            params.subject_alt_names.push(SanType::DnsName(ia5(name)?));
         }
         params
             .subject_alt_names

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use replink_ebpf::SniPattern;
 
+use crate::authz::AllowList;
 use crate::Error;
 
 /// Which side of the link a listener is.
@@ -28,6 +29,8 @@ pub struct Route {
     pub pattern: SniPattern,
     pub target: Target,
     pub kind: RouteKind,
+    /// Which client certificates may use the route (empty: any the CA signed).
+    pub allow: AllowList,
 }
 
 impl FromStr for Route {
@@ -57,6 +60,7 @@ impl FromStr for Route {
             pattern,
             target,
             kind,
+            allow: AllowList::default(),
         })
     }
 }

@@ -20,6 +20,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
+
+use crate::authz::{AllowList, AllowRule};
 use toml::Spanned;
 
 use crate::config::{
@@ -159,7 +161,7 @@ const LISTENER_KEYS: &[&str] = &[
     "sni",
     "server_name",
 ];
-const ROUTE_KEYS: &[&str] = &["sni", "target", "kind"];
+const ROUTE_KEYS: &[&str] = &["sni", "target", "kind", "allow"];
 const REVERSE_ONLY: &[&str] = &["route", "bpf_classifier"];
 const FORWARD_ONLY: &[&str] = &["target", "sni", "server_name"];
 
@@ -409,6 +411,9 @@ impl Cx<'_> {
                     }
                 },
             };
+            let allow = self
+                .list::<AllowRule>(r, &path, "allow")
+                .unwrap_or_default();
             if let (Some(pattern), Some(target), Some(kind)) = (sni, target, kind) {
                 if !seen.insert(pattern.to_string()) {
                     self.error(
@@ -421,6 +426,7 @@ impl Cx<'_> {
                     pattern,
                     target,
                     kind,
+                    allow: AllowList(allow),
                 });
             }
         }
@@ -699,6 +705,8 @@ pub fn render(config: &ServiceConfig) -> String {
                     RouteKind::Postgres => "postgres",
                 };
                 let _ = writeln!(out, "kind = \"{kind}\"");
+                let rules: Vec<String> = r.allow.0.iter().map(|a| quote(&a.to_string())).collect();
+                let _ = writeln!(out, "allow = [{}]", rules.join(", "));
             }
         }
     }

@@ -22,6 +22,7 @@ use monoio::net::TcpStream;
 use replink_ebpf::{parse_client_hello, HelloError, Parse, SniTable};
 use rustls::{AlertDescription, ContentType};
 
+use crate::authz::PeerIdentity;
 use crate::bpf::{BpfOutcome, Userspace};
 use crate::buffers::{read_more, SMALL};
 use crate::config::{Endpoint, RouteKind, Target};
@@ -384,6 +385,17 @@ async fn reverse(
     )
     .await?;
     info.note_handshake(&est);
+    if !route.allow.is_empty() {
+        let permitted = est
+            .peer_cert
+            .as_ref()
+            .and_then(|c| PeerIdentity::from_der(c.as_ref()).ok())
+            .is_some_and(|id| route.allow.permits(&id));
+        if !permitted {
+            send_sealed_alert(&mut client, est, AlertDescription::AccessDenied).await;
+            return Err(ConnError::AccessDenied(route.name.clone()));
+        }
+    }
     if libpq && !postgres_route {
         // Checked after the handshake, so a client without a valid certificate learns nothing
         // about the route beyond what unknown_sni already tells.

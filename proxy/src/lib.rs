@@ -19,6 +19,7 @@
 // nowhere else.
 #![deny(unsafe_code)]
 
+pub mod authz;
 mod bpf;
 mod buffers;
 mod codec;

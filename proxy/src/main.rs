@@ -10,6 +10,7 @@ mod demo;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use replink::authz::AllowRule;
 use replink::config::{parse_duration, Cipher, ForwardTarget, Route, Target, TlsFiles};
 use replink::config_file::{self, NamedListener, ServiceConfig};
 use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
@@ -40,6 +41,12 @@ enum Command {
         /// `postgresql`), with its own client certificate.
         #[arg(long = "route", required = true)]
         routes: Vec<Route>,
+        /// SNI=RULE: only clients whose certificate matches a rule may use the route SNI
+        /// (exactly as given to --route); repeatable. RULE is cn:NAME, ou:NAME, dns:NAME,
+        /// uri:URI (SPIFFE IDs) or spki-sha256:HEX. A route without rules takes any
+        /// certificate the CA signed.
+        #[arg(long = "allow", value_name = "SNI=RULE")]
+        allows: Vec<RouteAllow>,
         /// Experimental: the in-kernel SNI classifier, checked against the userspace parse
         /// (routing stays in userspace). off; auto (load it when possible: root or CAP_BPF, a
         /// build with clang; else one warning); on (refuse to start without it). Logs
@@ -83,6 +90,39 @@ enum Command {
         #[arg(long, env = "REPLINK_CONFIG")]
         config: PathBuf,
     },
+}
+
+/// `--allow SNI=RULE`.
+#[derive(Clone)]
+struct RouteAllow {
+    sni: String,
+    rule: AllowRule,
+}
+
+impl std::str::FromStr for RouteAllow {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (sni, rule) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--allow {s:?} is not SNI=RULE"))?;
+        Ok(RouteAllow {
+            sni: sni.to_owned(),
+            rule: rule.parse()?,
+        })
+    }
+}
+
+/// Attaches each `--allow` to its route.
+fn attach_allows(routes: &mut [Route], allows: Vec<RouteAllow>) -> anyhow::Result<()> {
+    for a in allows {
+        let route = routes
+            .iter_mut()
+            .find(|r| r.pattern.to_string() == a.sni)
+            .with_context(|| format!("--allow {}={}: no --route for {}", a.sni, a.rule, a.sni))?;
+        route.allow.0.push(a.rule);
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -301,10 +341,12 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::ReverseProxy {
             listen,
-            routes,
+            mut routes,
+            allows,
             bpf_classifier,
             common,
         } => {
+            attach_allows(&mut routes, allows)?;
             let print = common.print_config;
             quick(
                 ListenerConfig {

@@ -82,6 +82,8 @@ pub enum ConnError {
     NotPostgresRoute(String),
     #[error("kernel TLS: {0}")]
     Kernel(String),
+    #[error("no allow rule of route {0} matches the client certificate")]
+    AccessDenied(String),
 }
 
 impl From<rustls::Error> for ConnError {
@@ -114,6 +116,7 @@ impl ConnError {
             ConnError::PgPreamble(_) => "pg_bad_preamble",
             ConnError::NotPostgresRoute(_) => "not_postgres_route",
             ConnError::Kernel(_) => "ktls_error",
+            ConnError::AccessDenied(_) => "access_denied",
         }
     }
 }

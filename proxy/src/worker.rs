@@ -15,6 +15,7 @@ use replink_ebpf::SniTable;
 use rustls_pki_types::ServerName;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::authz::AllowList;
 use crate::bpf::{self, BpfCheck};
 use crate::config::{Compression, IoDriver, ListenerConfig, Mode, RouteKind, Target};
 use crate::ktls;
@@ -30,6 +31,7 @@ pub struct RouteEntry {
     /// zstd level when the route allows compression.
     pub compress: Option<i32>,
     pub kind: RouteKind,
+    pub allow: AllowList,
 }
 
 pub enum ModeState {
@@ -116,6 +118,7 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
                     target: r.target.clone(),
                     compress: level,
                     kind: r.kind,
+                    allow: r.allow.clone(),
                 };
                 table
                     .insert(r.pattern.clone(), entry)

@@ -66,6 +66,13 @@ impl Pki {
         self.write_identity(name, id)
     }
 
+    /// A client certificate made to `spec` (extra names, OU, validity…), written like
+    /// [`Pki::issue_client`].
+    pub fn issue_client_with(&self, name: &str, spec: &replink_pki::LeafSpec) -> IssuedFiles {
+        let id = self.files.ca().issue_with(spec).expect("issue client");
+        self.write_identity(name, id)
+    }
+
     /// A fresh server certificate for `dns_names` and `ips`, written like
     /// [`Pki::issue_client`].
     pub fn issue_server(&self, name: &str, dns_names: &[&str], ips: &[IpAddr]) -> IssuedFiles {

@@ -28,6 +28,8 @@ pub struct Established {
     pub alpn: Option<Vec<u8>>,
     /// Subject of the peer's leaf certificate.
     pub peer_subject: Option<String>,
+    /// The peer's leaf certificate (for `allow` rules).
+    pub peer_cert: Option<rustls_pki_types::CertificateDer<'static>>,
     /// A TLS 1.3 session was resumed (no certificate exchange, cheaper for both ends).
     pub resumed: bool,
     /// Received TLS bytes not yet consumed (a whole number of records, maybe a partial last one).
@@ -281,10 +283,11 @@ pub async fn accept(
     let drove = drive(&mut conn, sock, incoming).await?;
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let peer_subject = conn
+    let peer_cert = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(super::subject_of);
+        .map(|c| c.clone().into_owned());
+    let peer_subject = peer_cert.as_ref().map(super::subject_of);
     let (secrets, kernel) = conn
         .dangerous_into_kernel_connection()
         .map_err(ConnError::Tls)?;
@@ -296,6 +299,7 @@ pub async fn accept(
         kernel: Kernel::Server(kernel),
         alpn,
         peer_subject,
+        peer_cert,
         resumed,
         leftover: drove.leftover,
         early_plaintext: drove.early_plaintext,
@@ -313,10 +317,11 @@ pub async fn connect(
     let drove = drive(&mut conn, sock, Vec::with_capacity(16 * 1024)).await?;
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let peer_subject = conn
+    let peer_cert = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .map(super::subject_of);
+        .map(|c| c.clone().into_owned());
+    let peer_subject = peer_cert.as_ref().map(super::subject_of);
     let (secrets, kernel) = conn
         .dangerous_into_kernel_connection()
         .map_err(ConnError::Tls)?;
@@ -328,6 +333,7 @@ pub async fn connect(
         kernel: Kernel::Client(kernel),
         alpn,
         peer_subject,
+        peer_cert,
         resumed,
         leftover: drove.leftover,
         early_plaintext: drove.early_plaintext,

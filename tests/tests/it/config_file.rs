@@ -26,6 +26,7 @@ connect_timeout = "2s"
 [[listener.route]]
 sni = "{ROUTE}"
 target = "{upstream}"
+allow = ["cn:replink-demo-client"]
 
 [[listener]]
 name = "replica-side"
@@ -80,6 +81,7 @@ fn run_serves_every_listener_of_the_file() {
         "connect_timeout = \"2s\"",
         "rekey_after = 1048576",
         "kind = \"stream\"",
+        "allow = [\"cn:replink-demo-client\"]",
     ] {
         assert!(stdout.contains(needle), "{needle}:\n{stdout}");
     }
@@ -148,6 +150,7 @@ fn check_reports_every_error_with_its_line() {
         (
             "route and mode",
             good.replace("mode = \"forward\"", "mode = \"sideways\"")
+                .replace("cn:replink-demo-client", "email:x@y")
                 .replace(
                     &format!("sni = \"{ROUTE}\"\ntarget = \"127.0.0.1:9\""),
                     "sni = \"bad name\"\ntarget = \"127.0.0.1\"\nkind = \"mysql\"",
@@ -156,6 +159,7 @@ fn check_reports_every_error_with_its_line() {
                 "listener[0].route[0].sni: ",
                 "listener[0].route[0].target: target \"127.0.0.1\" has no port",
                 "listener[0].route[0].kind: unknown route kind \"mysql\"",
+                "listener[0].route[0].allow[0]: allow rule \"email:x@y\": unknown kind",
                 "listener[1].mode: \"sideways\": expected \"reverse\" or \"forward\"",
             ],
         ),

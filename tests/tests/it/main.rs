@@ -1,5 +1,8 @@
 //! End-to-end suite: the real `replink` binary between real clients and servers, on loopback.
 //!
+//! - `authz`: per-route `--allow` rules (cn, ou, dns, uri, spki-sha256 pinned by OpenSSL's
+//!   hash): a table of three client certificates × rules; matches carry exact bytes, others
+//!   get `access_denied` and never reach the upstream; bad `--allow` flags stop start-up.
 //! - `bpf_classifier`: `--bpf-classifier on` with an exact and a wildcard route: forward ends
 //!   through both and `s_client` with an unknown SNI and without SNI; `bpf=` on each line
 //!   matches userspace's decision, no `bpf_classifier_mismatch`.
@@ -48,6 +51,7 @@
 //! `replink` binary itself. `REPLINK_TEST_SEED=N` replays the random sizes of a failed run
 //! (`data_paths` prints the seed it used); `REPLINK_TEST_PATIENCE_MS` (default 20000) bounds every wait.
 
+mod authz;
 mod bpf_classifier;
 mod config_file;
 mod data_paths;
