@@ -29,10 +29,15 @@ use crate::config::{
     ListenerConfig, Mode, Route, RouteKind, Target, TlsFiles,
 };
 
+/// SIGTERM's wait for connections to end, unless set.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What `run` starts: named listeners, and the log filter if the file sets one.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
     pub log_level: Option<String>,
+    /// How long SIGTERM waits for connections to end before closing them.
+    pub shutdown_timeout: Duration,
     pub listeners: Vec<NamedListener>,
 }
 
@@ -132,7 +137,7 @@ struct Cx<'t> {
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
-const TOP_KEYS: &[&str] = &["log_level", "listener"];
+const TOP_KEYS: &[&str] = &["log_level", "shutdown_timeout", "listener"];
 const LISTENER_KEYS: &[&str] = &[
     "name",
     "mode",
@@ -191,6 +196,9 @@ impl Cx<'_> {
     fn service(&mut self, root: &DeTable<'_>) -> Option<ServiceConfig> {
         self.unknown_keys(root, "", TOP_KEYS);
         let log_level = self.string(root, "", "log_level").map(|(s, _)| s);
+        let shutdown_timeout = self
+            .duration(root, "", "shutdown_timeout")
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
         let mut listeners = Vec::new();
         match root.get("listener").map(|v| (v, v.get_ref())) {
             None => self.error(0..0, "listener", "no [[listener]] table: nothing to run"),
@@ -229,6 +237,7 @@ impl Cx<'_> {
         }
         Some(ServiceConfig {
             log_level,
+            shutdown_timeout,
             listeners,
         })
     }
@@ -597,6 +606,11 @@ pub fn render(config: &ServiceConfig) -> String {
     if let Some(level) = &config.log_level {
         let _ = writeln!(out, "log_level = {}", quote(level));
     }
+    let _ = writeln!(
+        out,
+        "shutdown_timeout = \"{}\"",
+        duration_text(config.shutdown_timeout)
+    );
     for l in &config.listeners {
         let c = &l.config;
         let _ = writeln!(out, "\n[[listener]]");

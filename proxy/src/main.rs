@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use replink::authz::AllowRule;
 use replink::config::{parse_duration, Cipher, ForwardTarget, Route, Target, TlsFiles};
 use replink::config_file::{self, NamedListener, ServiceConfig};
-use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
+use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode, ProxyHandle};
 
 #[derive(Parser)]
 #[command(
@@ -186,6 +186,10 @@ struct Common {
     /// Print this command line as a config file for `replink run --config` and exit.
     #[arg(long)]
     print_config: bool,
+    /// On SIGTERM or SIGINT: stop accepting, wait this long for connections to end, then
+    /// close the rest.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
     /// AEADs to offer or accept, in order of preference (default: aes128-gcm,aes256-gcm,
     /// chacha20-poly1305). A client's order decides.
     #[arg(long, value_delimiter = ',', value_name = "AEAD,…")]
@@ -244,10 +248,16 @@ fn init_logging(default: &str) {
 }
 
 /// A quick-mode command line: printed as a config file (`--print-config`), or served.
-fn quick(config: ListenerConfig, kind: &str, print_config: bool) -> anyhow::Result<()> {
+fn quick(
+    config: ListenerConfig,
+    kind: &str,
+    print_config: bool,
+    shutdown_timeout: Duration,
+) -> anyhow::Result<()> {
     if print_config {
         let service = ServiceConfig {
             log_level: None,
+            shutdown_timeout,
             listeners: vec![NamedListener {
                 name: kind.to_owned(),
                 config,
@@ -256,12 +266,76 @@ fn quick(config: ListenerConfig, kind: &str, print_config: bool) -> anyhow::Resu
         print!("{}", config_file::render(&service));
         return Ok(());
     }
-    serve(config, kind)
+    serve(config, kind, shutdown_timeout)
+}
+
+/// Tells systemd (`Type=notify`) how the service is doing, when it runs under it.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name.as_bytes()),
+        None => UnixAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound().and_then(|s| s.send_to_addr(state.as_bytes(), &addr?));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, socket = %path, state, "sd_notify failed");
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then drains: the listeners stop accepting, connections get
+/// `shutdown_timeout` to end, and whatever is left is closed when the process exits. A second
+/// signal ends the wait at once.
+fn supervise(handles: &[ProxyHandle], shutdown_timeout: Duration) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing signal handlers")?;
+    sd_notify("READY=1");
+    let mut got = None;
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            tracing::warn!("SIGHUP: reloading is not implemented yet; nothing changed");
+            continue;
+        }
+        got = Some(sig);
+        break;
+    }
+    let signal = match got {
+        Some(SIGINT) => "SIGINT",
+        _ => "SIGTERM",
+    };
+    sd_notify("STOPPING=1");
+    let active = |hs: &[ProxyHandle]| hs.iter().map(|h| h.active()).sum::<u64>();
+    tracing::info!(signal, active = active(handles), timeout = ?shutdown_timeout, "draining");
+    for h in handles {
+        h.stop_accepting();
+    }
+    let deadline = std::time::Instant::now() + shutdown_timeout;
+    loop {
+        let left = active(handles);
+        if left == 0 {
+            tracing::info!("drained");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline || signals.pending().next().is_some() {
+            tracing::warn!(
+                active = left,
+                "shutdown: closing the connections still open"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `replink run`: starts every listener of the file (each under its name), then waits.
 fn run_service(path: &std::path::Path) -> anyhow::Result<()> {
     let service = config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shutdown_timeout = service.shutdown_timeout;
     let mut handles = Vec::new();
     for l in service.listeners {
         let workers = l.config.workers;
@@ -276,10 +350,7 @@ fn run_service(path: &std::path::Path) -> anyhow::Result<()> {
         );
         handles.push(handle);
     }
-    for h in handles {
-        h.wait();
-    }
-    Ok(())
+    supervise(&handles, shutdown_timeout)
 }
 
 /// `replink check`: the file, then what `start` would load for each listener.
@@ -313,7 +384,7 @@ fn check_service(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: ListenerConfig, kind: &str) -> anyhow::Result<()> {
+fn serve(config: ListenerConfig, kind: &str, shutdown_timeout: Duration) -> anyhow::Result<()> {
     let workers = config.workers;
     let compression = config.compression;
     let handle = replink::start(config, kind).with_context(|| format!("{kind} did not start"))?;
@@ -324,8 +395,7 @@ fn serve(config: ListenerConfig, kind: &str) -> anyhow::Result<()> {
         compression = ?compression,
         "listening"
     );
-    handle.wait();
-    Ok(())
+    supervise(std::slice::from_ref(&handle), shutdown_timeout)
 }
 
 fn run() -> anyhow::Result<()> {
@@ -347,7 +417,7 @@ fn run() -> anyhow::Result<()> {
             common,
         } => {
             attach_allows(&mut routes, allows)?;
-            let print = common.print_config;
+            let (print, shutdown_timeout) = (common.print_config, common.shutdown_timeout);
             quick(
                 ListenerConfig {
                     bpf_classifier,
@@ -355,6 +425,7 @@ fn run() -> anyhow::Result<()> {
                 },
                 "reverse",
                 print,
+                shutdown_timeout,
             )
         }
         Command::ForwardProxy {
@@ -364,7 +435,7 @@ fn run() -> anyhow::Result<()> {
             server_name,
             common,
         } => {
-            let print = common.print_config;
+            let (print, shutdown_timeout) = (common.print_config, common.shutdown_timeout);
             quick(
                 common.into_config(
                     listen,
@@ -376,6 +447,7 @@ fn run() -> anyhow::Result<()> {
                 ),
                 "forward",
                 print,
+                shutdown_timeout,
             )
         }
         Command::Demo(args) => demo::run(args),

@@ -54,6 +54,8 @@ pub enum ModeState {
 /// Read-only state every worker of a listener sees.
 pub struct Shared {
     pub config: ListenerConfig,
+    /// Set by [`ProxyHandle::stop_accepting`]: the accept loops end, connections carry on.
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Connections move their records to kernel TLS (`--ktls`, and the kernel has it).
     pub ktls: bool,
     pub mode: ModeState,
@@ -151,11 +153,30 @@ pub struct ProxyHandle {
     pub driver: Driver,
     pub stats: Arc<Stats>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    /// Duplicates of the workers' listening sockets, to stop their accepts from outside.
+    listeners: Vec<std::net::TcpListener>,
 }
 
 impl ProxyHandle {
-    /// Blocks until every worker has stopped (which, today, is never: the process is stopped by
-    /// a signal).
+    /// Stops accepting (the listening sockets are shut down, so new connections are refused
+    /// by the kernel) while established connections carry on; the workers end once the last
+    /// one closes.
+    pub fn stop_accepting(&self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        for l in &self.listeners {
+            // A shut-down listening socket fails the pending accept (EINVAL) and every later one.
+            let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// Connections still open.
+    pub fn active(&self) -> u64 {
+        self.stats.active.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until every worker has stopped: after [`ProxyHandle::stop_accepting`], once the
+    /// listener's last connection has closed.
     pub fn wait(self) {
         for t in self.threads {
             let _ = t.join();
@@ -191,8 +212,13 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         })?);
     }
     let stats = Arc::new(Stats::default());
+    let dups = listeners
+        .iter()
+        .map(|l| l.try_clone())
+        .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared {
         config,
+        stopping: std::sync::atomic::AtomicBool::new(false),
         ktls,
         mode,
         stats: stats.clone(),
@@ -210,6 +236,8 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         driver,
         stats,
         threads,
+        shared,
+        listeners: dups,
     })
 }
 
@@ -254,6 +282,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 }
                 monoio::spawn(crate::conn::serve(stream, peer, shared.clone()));
             }
+            Err(_) if shared.stopping.load(Ordering::Relaxed) => break,
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning; existing
                 // connections carry on.
@@ -261,6 +290,12 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+    // Draining: this runtime keeps serving its connections until the listener has none left
+    // (the process exits at its shutdown timeout otherwise).
+    drop(listener);
+    while shared.stats.active.load(Ordering::Relaxed) > 0 {
+        monoio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -98,6 +98,31 @@ impl ReplinkProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` (`"TERM"`, `"INT"`, `"HUP"`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let out = crate::run_cmd(
+            "kill",
+            &[format!("-{signal}"), self.pid().to_string()],
+            crate::Input::Null,
+            Duration::from_secs(10),
+        );
+        assert!(out.success(), "kill -{signal}: {}", out.text());
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

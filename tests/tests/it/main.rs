@@ -43,6 +43,9 @@
 //!   each converges byte-for-byte and survives SIGKILL + restart of either end (and of the
 //!   upstream); an rsync cut by a killed tunnel fails loudly and a re-run completes.
 //! - `resets`: a reset on either side reaches the other side as a reset, not a clean EOF.
+//! - `shutdown`: SIGTERM mid-transfer: new connections refused, the transfer finishes exact, exit
+//!   0 with `drained`; `--shutdown-timeout 1s` with a stalled connection exits on time and the
+//!   cut transfer does not pass as complete.
 //! - `upstream_down`: a route to a closed port closes the client at once and is logged;
 //!   other connections carry on.
 //!
@@ -65,5 +68,6 @@ mod refusals;
 mod replication;
 mod resets;
 mod revocation;
+mod shutdown;
 mod upstream_down;
 mod wildcard_and_combined_pem;
