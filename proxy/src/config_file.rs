@@ -38,6 +38,8 @@ pub struct ServiceConfig {
     pub log_level: Option<String>,
     /// How long SIGTERM waits for connections to end before closing them.
     pub shutdown_timeout: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (none: not at all).
+    pub admin: Option<std::net::SocketAddr>,
     pub listeners: Vec<NamedListener>,
 }
 
@@ -137,7 +139,7 @@ struct Cx<'t> {
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
-const TOP_KEYS: &[&str] = &["log_level", "shutdown_timeout", "listener"];
+const TOP_KEYS: &[&str] = &["log_level", "shutdown_timeout", "admin", "listener"];
 const LISTENER_KEYS: &[&str] = &[
     "name",
     "mode",
@@ -196,6 +198,7 @@ impl Cx<'_> {
     fn service(&mut self, root: &DeTable<'_>) -> Option<ServiceConfig> {
         self.unknown_keys(root, "", TOP_KEYS);
         let log_level = self.string(root, "", "log_level").map(|(s, _)| s);
+        let admin = self.parsed::<std::net::SocketAddr>(root, "", "admin");
         let shutdown_timeout = self
             .duration(root, "", "shutdown_timeout")
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
@@ -238,6 +241,7 @@ impl Cx<'_> {
         Some(ServiceConfig {
             log_level,
             shutdown_timeout,
+            admin,
             listeners,
         })
     }
@@ -611,6 +615,9 @@ pub fn render(config: &ServiceConfig) -> String {
         "shutdown_timeout = \"{}\"",
         duration_text(config.shutdown_timeout)
     );
+    if let Some(admin) = config.admin {
+        let _ = writeln!(out, "admin = \"{admin}\"");
+    }
     for l in &config.listeners {
         let c = &l.config;
         let _ = writeln!(out, "\n[[listener]]");

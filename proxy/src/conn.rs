@@ -51,6 +51,8 @@ struct ConnInfo {
     bpf: BpfOutcome,
     /// Upstream endpoints that did not answer before the one used (failover).
     failed_over: u32,
+    /// How long the TLS handshake took (for the latency histogram).
+    handshake_seconds: Option<f64>,
     /// The TLS handshake completed and the route accepted the client (a failure after this is
     /// not a refusal).
     established: bool,
@@ -81,9 +83,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ModeState::Reverse { .. } => reverse(stream, peer, &shared, &traffic, &mut info).await,
         ModeState::Forward { .. } => forward(stream, &shared, &traffic, &mut info).await,
     };
-    shared
-        .stats
-        .record(&traffic, info.established, result.is_ok());
+    shared.stats.record(
+        &traffic,
+        info.established,
+        result.as_ref().err().map(|e| e.reason()),
+        start.elapsed().as_secs_f64(),
+        info.handshake_seconds,
+    );
     let t = &*traffic;
     let dur_ms = start.elapsed().as_millis() as u64;
     let route = info.route.as_deref().unwrap_or("-");
@@ -100,6 +106,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
+        ),
+        // A bare TCP connect and close (a health check, a port scan): counted, logged at
+        // debug only, like HAProxy's `dontlognull`.
+        Err(e @ ConnError::Empty) => tracing::debug!(
+            %peer, reason = e.reason(), duration_ms = dur_ms, "refused"
         ),
         Err(e) if !info.established => tracing::warn!(
             %peer, route, peer_cert = subject, %pg_preamble, bpf = %info.bpf,
@@ -233,6 +244,7 @@ async fn send_plain_alert(sock: &mut TcpStream, desc: AlertDescription) {
 async fn read_client_hello(
     sock: &mut TcpStream,
     mut buf: Vec<u8>,
+    fresh: bool,
 ) -> Result<(Vec<u8>, replink_ebpf::ClientHello), ConnError> {
     loop {
         match parse_client_hello(&buf) {
@@ -242,7 +254,11 @@ async fn read_client_hello(
                 let (res, b) = read_more(sock, buf, need).await;
                 buf = b;
                 if res.map_err(ConnError::Downstream)? == 0 {
-                    return Err(ConnError::HandshakeEof);
+                    return Err(if buf.is_empty() && fresh {
+                        ConnError::Empty
+                    } else {
+                        ConnError::HandshakeEof
+                    });
                 }
             }
             Err(HelloError::NotTls) => return Err(ConnError::BadHello("not TLS".into())),
@@ -265,16 +281,24 @@ async fn read_pg_preamble(
     // Every decision needs at most 8 bytes past two 8-byte requests, so this one buffer is
     // never outgrown: a client cannot make the preamble allocate.
     let mut buf = Vec::with_capacity(SMALL);
+    // A GSSENCRequest was answered: the client is no longer one that sent nothing.
+    let mut answered = false;
     loop {
         match preamble.next(&buf)? {
             Next::Read => {
                 let (res, b) = read_more(sock, buf, 64).await;
+                let fresh = b.is_empty() && !answered;
                 buf = b;
                 if res.map_err(ConnError::Downstream)? == 0 {
-                    return Err(ConnError::HandshakeEof);
+                    return Err(if fresh {
+                        ConnError::Empty
+                    } else {
+                        ConnError::HandshakeEof
+                    });
                 }
             }
             Next::RefuseGssEnc => {
+                answered = true;
                 let (res, _) = sock.write_all(pg::ANSWER_NO).await;
                 res.map_err(ConnError::Downstream)?;
             }
@@ -357,7 +381,14 @@ async fn reverse(
     } else {
         Vec::with_capacity(SMALL)
     };
-    let read = with_deadline(deadline, "handshake", read_client_hello(&mut client, start)).await;
+    // Nothing was exchanged yet unless a libpq preamble was read.
+    let fresh = !*sniff_postgres;
+    let read = with_deadline(
+        deadline,
+        "handshake",
+        read_client_hello(&mut client, start, fresh),
+    )
+    .await;
     if let (Some(check), Some(watched)) = (bpf, watched) {
         info.bpf = check.finish(watched, userspace_verdict(&read, routes), peer);
     }
@@ -378,12 +409,14 @@ async fn reverse(
     } else {
         tls.plain.clone()
     };
+    let hs_start = Instant::now();
     let est = with_deadline(
         deadline,
         "handshake",
         handshake::accept(config, &mut client, incoming),
     )
     .await?;
+    info.handshake_seconds = Some(hs_start.elapsed().as_secs_f64());
     info.note_handshake(&est);
     if !route.allow.is_empty() {
         let permitted = est
@@ -465,12 +498,14 @@ async fn forward(
     let (mut remote, endpoint) =
         connect(target, shared.config.connect_timeout, shared, info).await?;
     info.upstream = Some(endpoint.spec.clone());
+    let hs_start = Instant::now();
     let est = with_deadline(
         deadline,
         "handshake",
         handshake::connect(tls.clone(), server_name.clone(), &mut remote),
     )
     .await?;
+    info.handshake_seconds = Some(hs_start.elapsed().as_secs_f64());
     info.note_handshake(&est);
     info.established = true;
     let opts = RelayOptions {

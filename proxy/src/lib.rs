@@ -19,6 +19,7 @@
 // nowhere else.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod authz;
 mod bpf;
 mod buffers;
@@ -68,6 +69,11 @@ pub enum Error {
 /// never per packet.
 #[derive(Default, Debug)]
 pub struct Stats {
+    /// Connections that ended badly, by `reason` (`unknown_sni`, `certificate_revoked`, …).
+    pub reasons: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Connection lifetimes (seconds) and TLS handshake latencies (seconds).
+    pub durations: Histogram,
+    pub handshakes: Histogram,
     /// Connections currently open.
     pub active: AtomicU64,
     /// Connections whose TLS handshake completed.
@@ -85,8 +91,24 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn record(&self, t: &relay::Traffic, established: bool, ok: bool) {
+    fn record(
+        &self,
+        t: &relay::Traffic,
+        established: bool,
+        failure: Option<&'static str>,
+        seconds: f64,
+        handshake: Option<f64>,
+    ) {
         let r = Ordering::Relaxed;
+        let ok = failure.is_none();
+        if let Some(reason) = failure {
+            let mut map = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry(reason).or_default() += 1;
+        }
+        self.durations.observe(seconds);
+        if let Some(h) = handshake {
+            self.handshakes.observe(h);
+        }
         if established {
             self.established.fetch_add(1, r);
             if !ok {
@@ -102,5 +124,44 @@ impl Stats {
         if t.ktls_tx.get() && t.ktls_rx.get() {
             self.ktls.fetch_add(1, r);
         }
+    }
+}
+
+/// A Prometheus-style histogram with fixed buckets: counts per upper bound, sum and count.
+#[derive(Debug)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative; the exporter sums them).
+    pub counts: Vec<AtomicU64>,
+    /// Sum of observations, in microseconds (atomics hold integers).
+    pub sum_micros: AtomicU64,
+    pub count: AtomicU64,
+}
+
+/// Seconds: from a local handshake (~1 ms) to a replication link that lives for days.
+const SECONDS_BOUNDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0,
+    86400.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: SECONDS_BOUNDS,
+            counts: SECONDS_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        let r = Ordering::Relaxed;
+        if let Some(i) = self.bounds.iter().position(|b| seconds <= *b) {
+            self.counts[i].fetch_add(1, r);
+        }
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, r);
+        self.count.fetch_add(1, r);
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod demo;
+mod status;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -82,6 +83,12 @@ enum Command {
         /// The config file (default: $REPLINK_CONFIG).
         #[arg(long, env = "REPLINK_CONFIG")]
         config: PathBuf,
+    },
+    /// Asks a running replink's admin listener and prints a summary of its links.
+    Status {
+        /// The admin address (`--admin` / `admin =` of the running replink).
+        #[arg(long, env = "REPLINK_ADMIN", default_value = "127.0.0.1:9601")]
+        admin: SocketAddr,
     },
     /// Checks a config file (syntax, keys, values, certificates, keys, CRLs, routes) and
     /// prints the effective config; exit 1 with every error found.
@@ -186,6 +193,10 @@ struct Common {
     /// Print this command line as a config file for `replink run --config` and exit.
     #[arg(long)]
     print_config: bool,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (keep it on
+    /// loopback, e.g. 127.0.0.1:9601; `replink status --admin ADDR` reads it).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// On SIGTERM or SIGINT: stop accepting, wait this long for connections to end, then
     /// close the rest.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -253,20 +264,49 @@ fn quick(
     kind: &str,
     print_config: bool,
     shutdown_timeout: Duration,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    let service = ServiceConfig {
+        log_level: None,
+        shutdown_timeout,
+        admin,
+        listeners: vec![NamedListener {
+            name: kind.to_owned(),
+            config,
+        }],
+    };
     if print_config {
-        let service = ServiceConfig {
-            log_level: None,
-            shutdown_timeout,
-            listeners: vec![NamedListener {
-                name: kind.to_owned(),
-                config,
-            }],
-        };
         print!("{}", config_file::render(&service));
         return Ok(());
     }
-    serve(config, kind, shutdown_timeout)
+    serve(service)
+}
+
+/// Starts every listener, then the admin endpoint, then waits for a signal.
+fn serve(service: ServiceConfig) -> anyhow::Result<()> {
+    let mut handles = Vec::new();
+    let mut watched = Vec::new();
+    for l in &service.listeners {
+        let workers = l.config.workers;
+        let compression = l.config.compression;
+        let handle = replink::start(l.config.clone(), &l.name)
+            .with_context(|| format!("listener {:?} did not start", l.name))?;
+        tracing::info!(
+            addr = %handle.local_addr,
+            listener = %l.name,
+            workers,
+            driver = %handle.driver,
+            compression = ?compression,
+            "listening"
+        );
+        watched.push(replink::admin::Watched::new(&l.name, &l.config, &handle));
+        handles.push(handle);
+    }
+    if let Some(addr) = service.admin {
+        let bound = replink::admin::start(addr, watched).context("admin listener")?;
+        tracing::info!(addr = %bound, "admin listening (/metrics, /healthz, /readyz)");
+    }
+    supervise(&handles, service.shutdown_timeout)
 }
 
 /// Tells systemd (`Type=notify`) how the service is doing, when it runs under it.
@@ -332,25 +372,10 @@ fn supervise(handles: &[ProxyHandle], shutdown_timeout: Duration) -> anyhow::Res
     }
 }
 
-/// `replink run`: starts every listener of the file (each under its name), then waits.
+/// `replink run`: every listener of the file.
 fn run_service(path: &std::path::Path) -> anyhow::Result<()> {
     let service = config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let shutdown_timeout = service.shutdown_timeout;
-    let mut handles = Vec::new();
-    for l in service.listeners {
-        let workers = l.config.workers;
-        let handle = replink::start(l.config, &l.name)
-            .with_context(|| format!("{}: listener {:?} did not start", path.display(), l.name))?;
-        tracing::info!(
-            addr = %handle.local_addr,
-            listener = %l.name,
-            workers,
-            driver = %handle.driver,
-            "listening"
-        );
-        handles.push(handle);
-    }
-    supervise(&handles, shutdown_timeout)
+    serve(service).with_context(|| path.display().to_string())
 }
 
 /// `replink check`: the file, then what `start` would load for each listener.
@@ -384,20 +409,6 @@ fn check_service(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: ListenerConfig, kind: &str, shutdown_timeout: Duration) -> anyhow::Result<()> {
-    let workers = config.workers;
-    let compression = config.compression;
-    let handle = replink::start(config, kind).with_context(|| format!("{kind} did not start"))?;
-    tracing::info!(
-        addr = %handle.local_addr,
-        workers,
-        driver = %handle.driver,
-        compression = ?compression,
-        "listening"
-    );
-    supervise(std::slice::from_ref(&handle), shutdown_timeout)
-}
-
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own report; per-connection lines would only interleave with it.
@@ -417,7 +428,8 @@ fn run() -> anyhow::Result<()> {
             common,
         } => {
             attach_allows(&mut routes, allows)?;
-            let (print, shutdown_timeout) = (common.print_config, common.shutdown_timeout);
+            let (print, shutdown_timeout, admin) =
+                (common.print_config, common.shutdown_timeout, common.admin);
             quick(
                 ListenerConfig {
                     bpf_classifier,
@@ -426,6 +438,7 @@ fn run() -> anyhow::Result<()> {
                 "reverse",
                 print,
                 shutdown_timeout,
+                admin,
             )
         }
         Command::ForwardProxy {
@@ -435,7 +448,8 @@ fn run() -> anyhow::Result<()> {
             server_name,
             common,
         } => {
-            let (print, shutdown_timeout) = (common.print_config, common.shutdown_timeout);
+            let (print, shutdown_timeout, admin) =
+                (common.print_config, common.shutdown_timeout, common.admin);
             quick(
                 common.into_config(
                     listen,
@@ -448,11 +462,13 @@ fn run() -> anyhow::Result<()> {
                 "forward",
                 print,
                 shutdown_timeout,
+                admin,
             )
         }
         Command::Demo(args) => demo::run(args),
         Command::Run { config } => run_service(&config),
         Command::Check { config } => check_service(&config),
+        Command::Status { admin } => status::print(admin),
     }
 }
 

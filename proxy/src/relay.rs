@@ -62,6 +62,8 @@ pub enum ConnError {
     Codec(#[from] CodecError),
     #[error("peer closed the connection during the handshake")]
     HandshakeEof,
+    #[error("peer closed the connection without sending anything")]
+    Empty,
     #[error("peer closed TCP without a TLS close_notify (truncated)")]
     Truncated,
     #[error("peer sent alert {0:?}")]
@@ -102,6 +104,7 @@ impl ConnError {
             ConnError::Record(_) => "tls_record_error",
             ConnError::Codec(_) => "zstd_error",
             ConnError::HandshakeEof => "handshake_eof",
+            ConnError::Empty => "empty",
             ConnError::Truncated => "truncated",
             ConnError::PeerAlert(_) => "peer_alert",
             ConnError::Unexpected(_) => "protocol",

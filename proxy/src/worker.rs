@@ -170,6 +170,16 @@ impl ProxyHandle {
         }
     }
 
+    /// Connections move to kernel TLS.
+    pub fn ktls(&self) -> bool {
+        self.shared.ktls
+    }
+
+    /// The in-kernel SNI classifier is loaded.
+    pub fn bpf_loaded(&self) -> bool {
+        matches!(&self.shared.mode, ModeState::Reverse { bpf: Some(_), .. })
+    }
+
     /// Connections still open.
     pub fn active(&self) -> u64 {
         self.stats.active.load(Ordering::Relaxed)

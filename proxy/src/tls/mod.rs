@@ -283,6 +283,13 @@ pub fn subject_of(cert: &CertificateDer<'_>) -> String {
     }
 }
 
+/// The notAfter (Unix seconds) of the first certificate in a PEM file.
+pub fn leaf_not_after(path: &Path) -> Option<i64> {
+    let cert = load_certs(path).ok()?.into_iter().next()?;
+    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
 /// Sorts a rustls error into the short reason the connection log and counters use.
 pub fn refusal_reason(e: &rustls::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as E};

@@ -13,6 +13,9 @@
 //! - `data_paths`: ~20 concurrent two-way transfers (0 B .. 64 MiB, plus one of 256 MiB),
 //!   random write sizes, half-closes, byte-exact on both ends, for compression zstd/off ×
 //!   io driver io_uring/epoll; the per-connection log lines account for every byte.
+//! - `metrics`: `--admin` on both ends: `/metrics` parsed by the prometheus-parse crate equals the
+//!   connection lines and the client's byte counts; `/healthz`, `/readyz` (503 naming a dead
+//!   route), `replink status` exit codes.
 //! - `openssl_interop`: `openssl s_client` (no ALPN, no forward end) gets the exact bytes.
 //! - `refusals`: no/foreign/expired client certificate, unknown SNI, garbage, silence — each
 //!   refused with the right alert and one `refused` line while a transfer carries on; bad key
@@ -59,6 +62,7 @@ mod bpf_classifier;
 mod config_file;
 mod data_paths;
 mod ktls;
+mod metrics;
 mod openssl_interop;
 mod pg_listener;
 mod pg_setup;

@@ -1,0 +1,355 @@
+//! The admin listener (`--admin ADDR`, config `admin = "127.0.0.1:9601"`): `/metrics` in the
+//! Prometheus text format, `/healthz` (the process is up) and `/readyz` (listeners bound,
+//! certificates valid, an upstream of every route reachable; 503 with the reasons otherwise).
+//!
+//! A plain thread with a blocking socket and a minimal HTTP/1.1 reader: requests are rare
+//! (a scrape every few seconds) and must not touch the data plane's cores. Everything it
+//! reports comes from the listeners' [`Stats`](crate::Stats), read with relaxed atomics.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{ListenerConfig, Mode, Target};
+use crate::{Error, Histogram, ProxyHandle, Stats};
+
+/// What the admin endpoint knows about one listener.
+pub struct Watched {
+    pub name: String,
+    pub stats: Arc<Stats>,
+    pub reverse: bool,
+    pub ktls: bool,
+    pub bpf: bool,
+    /// The listener's certificate's notAfter (Unix seconds), if it could be read.
+    pub cert_not_after: Option<i64>,
+    /// Route (or forward target) name and where it connects.
+    pub upstreams: Vec<(String, Target)>,
+}
+
+impl Watched {
+    pub fn new(name: &str, config: &ListenerConfig, handle: &ProxyHandle) -> Watched {
+        let upstreams = match &config.mode {
+            Mode::Reverse { routes } => routes
+                .iter()
+                .map(|r| (r.pattern.to_string(), r.target.clone()))
+                .collect(),
+            Mode::Forward(f) => vec![(f.sni.clone(), f.target.clone())],
+        };
+        Watched {
+            name: name.to_owned(),
+            stats: handle.stats.clone(),
+            reverse: matches!(config.mode, Mode::Reverse { .. }),
+            ktls: handle.ktls(),
+            bpf: handle.bpf_loaded(),
+            cert_not_after: crate::tls::leaf_not_after(&config.tls.cert),
+            upstreams,
+        }
+    }
+}
+
+/// Binds `addr` and serves the admin endpoints on a thread of their own.
+pub fn start(addr: SocketAddr, watched: Vec<Watched>) -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind(addr).map_err(|err| Error::Bind { addr, err })?;
+    let local = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the admin listener is reachable from other hosts");
+    }
+    let watched = Arc::new(watched);
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = answer(c, &watched) {
+                            tracing::debug!(error = %e, "admin request");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+fn answer(mut conn: TcpStream, watched: &[Watched]) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    // The request line and headers, up to 8 KiB; the body (if any) is ignored.
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(watched),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        ("GET", "/readyz") => match not_ready(watched) {
+            reasons if reasons.is_empty() => ("200 OK", "text/plain", "ready\n".to_owned()),
+            reasons => (
+                "503 Service Unavailable",
+                "text/plain",
+                reasons.join("\n") + "\n",
+            ),
+        },
+        ("GET", _) => ("404 Not Found", "text/plain", "no such page\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why the service is not ready (empty: ready).
+fn not_ready(watched: &[Watched]) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let now = now_unix();
+    for w in watched {
+        match w.cert_not_after {
+            Some(t) if t <= now => {
+                reasons.push(format!("listener {}: certificate expired", w.name))
+            }
+            None => reasons.push(format!("listener {}: certificate unreadable", w.name)),
+            _ => {}
+        }
+        for (route, target) in &w.upstreams {
+            let reachable = target.endpoints.iter().any(|e| {
+                let addrs: Vec<SocketAddr> = match e.literal {
+                    Some(a) => vec![a],
+                    None => std::net::ToSocketAddrs::to_socket_addrs(&(e.host.as_str(), e.port))
+                        .map(|a| a.collect())
+                        .unwrap_or_default(),
+                };
+                addrs
+                    .iter()
+                    .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok())
+            });
+            if !reachable {
+                reasons.push(format!(
+                    "listener {}: {route}: no upstream reachable ({})",
+                    w.name, target.spec
+                ));
+            }
+        }
+    }
+    reasons
+}
+
+/// A label value, escaped as the text format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    watched: &[Watched],
+    pick: fn(&Stats) -> &Histogram,
+) {
+    family(out, name, "histogram", help);
+    for w in watched {
+        let h = pick(&w.stats);
+        let l = label(&w.name);
+        let mut cumulative = 0;
+        for (bound, count) in h.bounds.iter().zip(&h.counts) {
+            cumulative += count.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{listener=\"{l}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let total = h.count.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{listener=\"{l}\",le=\"+Inf\"}} {total}");
+        let sum = h.sum_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{listener=\"{l}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{listener=\"{l}\"}} {total}");
+    }
+}
+
+/// The Prometheus text exposition of every listener's counters.
+pub fn metrics(watched: &[Watched]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let each = |out: &mut String, name: &str, f: &dyn Fn(&Watched) -> String| {
+        for w in watched {
+            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", label(&w.name), f(w));
+        }
+    };
+    family(
+        &mut out,
+        "replink_connections_open",
+        "gauge",
+        "Connections open now.",
+    );
+    each(&mut out, "replink_connections_open", &|w| {
+        w.stats.active.load(Relaxed).to_string()
+    });
+    family(
+        &mut out,
+        "replink_connections_total",
+        "counter",
+        "Connections closed, by outcome: done (clean end), failed (established, then broken), refused (before or during the handshake).",
+    );
+    for w in watched {
+        let s = &w.stats;
+        let established = s.established.load(Relaxed);
+        let failed = s.failed.load(Relaxed);
+        let l = label(&w.name);
+        for (outcome, n) in [
+            ("done", established.saturating_sub(failed)),
+            ("failed", failed),
+            ("refused", s.refused.load(Relaxed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "replink_connections_total{{listener=\"{l}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    family(
+        &mut out,
+        "replink_connection_errors_total",
+        "counter",
+        "Connections that ended badly, by reason (handshake failures: no_certificate, unknown_ca, certificate_revoked, certificate_expired, access_denied, unknown_sni, protocol, ...).",
+    );
+    for w in watched {
+        let reasons = w.stats.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        for (reason, n) in reasons.iter() {
+            let _ = writeln!(
+                out,
+                "replink_connection_errors_total{{listener=\"{}\",reason=\"{reason}\"}} {n}",
+                label(&w.name)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "replink_bytes_total",
+        "counter",
+        "Bytes moved: plain_in (read from the plaintext leg), wire_out (TLS sent), wire_in (TLS received), plain_out (written to the plaintext leg).",
+    );
+    for w in watched {
+        let s = &w.stats;
+        for (dir, c) in [
+            ("plain_in", &s.plain_to_tls),
+            ("wire_out", &s.wire_out),
+            ("wire_in", &s.wire_in),
+            ("plain_out", &s.tls_to_plain),
+        ] {
+            let _ = writeln!(
+                out,
+                "replink_bytes_total{{listener=\"{}\",direction=\"{dir}\"}} {}",
+                label(&w.name),
+                c.load(Relaxed)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "replink_compression_ratio",
+        "gauge",
+        "Plaintext bytes per TLS byte over closed connections (1 without compression).",
+    );
+    each(&mut out, "replink_compression_ratio", &|w| {
+        let s = &w.stats;
+        let plain = s.plain_to_tls.load(Relaxed) + s.tls_to_plain.load(Relaxed);
+        let wire = s.wire_out.load(Relaxed) + s.wire_in.load(Relaxed);
+        if wire == 0 {
+            "1".into()
+        } else {
+            format!("{:.4}", plain as f64 / wire as f64)
+        }
+    });
+    family(
+        &mut out,
+        "replink_ktls_enabled",
+        "gauge",
+        "1 when connections move to kernel TLS.",
+    );
+    each(&mut out, "replink_ktls_enabled", &|w| {
+        u8::from(w.ktls).to_string()
+    });
+    family(
+        &mut out,
+        "replink_ktls_connections_total",
+        "counter",
+        "Connections whose records the kernel sealed and opened.",
+    );
+    each(&mut out, "replink_ktls_connections_total", &|w| {
+        w.stats.ktls.load(Relaxed).to_string()
+    });
+    family(
+        &mut out,
+        "replink_bpf_classifier_loaded",
+        "gauge",
+        "1 when the in-kernel SNI classifier is loaded (reverse listeners).",
+    );
+    each(&mut out, "replink_bpf_classifier_loaded", &|w| {
+        u8::from(w.bpf).to_string()
+    });
+    family(
+        &mut out,
+        "replink_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of the listener's certificate (Unix time).",
+    );
+    for w in watched {
+        if let Some(t) = w.cert_not_after {
+            let _ = writeln!(
+                out,
+                "replink_certificate_expiry_timestamp_seconds{{listener=\"{}\"}} {t}",
+                label(&w.name)
+            );
+        }
+    }
+    histogram(
+        &mut out,
+        "replink_connection_duration_seconds",
+        "Lifetime of closed connections.",
+        watched,
+        |s| &s.durations,
+    );
+    histogram(
+        &mut out,
+        "replink_handshake_duration_seconds",
+        "TLS handshake latency.",
+        watched,
+        |s| &s.handshakes,
+    );
+    out
+}
