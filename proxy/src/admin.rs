@@ -12,24 +12,30 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{ListenerConfig, Mode, Target};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::config::{Mode, Target};
+use crate::worker::{current, Current};
 use crate::{Error, Histogram, ProxyHandle, Stats};
 
-/// What the admin endpoint knows about one listener.
+/// One listener as the admin endpoint sees it: its name and its current state (a reload
+/// swaps the state; the counters stay).
 pub struct Watched {
     pub name: String,
-    pub stats: Arc<Stats>,
-    pub reverse: bool,
-    pub ktls: bool,
-    pub bpf: bool,
-    /// The listener's certificate's notAfter (Unix seconds), if it could be read.
-    pub cert_not_after: Option<i64>,
-    /// Route (or forward target) name and where it connects.
-    pub upstreams: Vec<(String, Target)>,
+    state: Current,
 }
 
 impl Watched {
-    pub fn new(name: &str, config: &ListenerConfig, handle: &ProxyHandle) -> Watched {
+    pub fn new(name: &str, handle: &ProxyHandle) -> Watched {
+        Watched {
+            name: name.to_owned(),
+            state: handle.state(),
+        }
+    }
+
+    fn now(&self) -> Snapshot {
+        let shared = current(&self.state);
+        let config = &shared.config;
         let upstreams = match &config.mode {
             Mode::Reverse { routes } => routes
                 .iter()
@@ -37,16 +43,49 @@ impl Watched {
                 .collect(),
             Mode::Forward(f) => vec![(f.sni.clone(), f.target.clone())],
         };
-        Watched {
-            name: name.to_owned(),
-            stats: handle.stats.clone(),
-            reverse: matches!(config.mode, Mode::Reverse { .. }),
-            ktls: handle.ktls(),
-            bpf: handle.bpf_loaded(),
+        Snapshot {
+            name: self.name.clone(),
+            stats: shared.stats.clone(),
+            ktls: shared.ktls,
+            bpf: shared.bpf_loaded(),
             cert_not_after: crate::tls::leaf_not_after(&config.tls.cert),
             upstreams,
         }
     }
+}
+
+/// What a scrape reads of one listener.
+struct Snapshot {
+    name: String,
+    stats: Arc<Stats>,
+    ktls: bool,
+    bpf: bool,
+    /// The certificate's notAfter (Unix seconds), if the file could be read.
+    cert_not_after: Option<i64>,
+    /// Route (or forward target) name and where it connects.
+    upstreams: Vec<(String, Target)>,
+}
+
+/// Reloads of the process (SIGHUP), for `/metrics`.
+#[derive(Default)]
+pub struct Reloads {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// 1 when the last reload succeeded (or none happened).
+    pub last_failed: AtomicBool,
+}
+
+pub static RELOADS: Reloads = Reloads {
+    ok: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+    last_failed: AtomicBool::new(false),
+};
+
+/// Counts a reload's outcome.
+pub fn note_reload(ok: bool) {
+    let c = if ok { &RELOADS.ok } else { &RELOADS.failed };
+    c.fetch_add(1, Ordering::Relaxed);
+    RELOADS.last_failed.store(!ok, Ordering::Relaxed);
 }
 
 /// Binds `addr` and serves the admin endpoints on a thread of their own.
@@ -133,14 +172,15 @@ fn not_ready(watched: &[Watched]) -> Vec<String> {
     let mut reasons = Vec::new();
     let now = now_unix();
     for w in watched {
-        match w.cert_not_after {
+        let snap = w.now();
+        match snap.cert_not_after {
             Some(t) if t <= now => {
                 reasons.push(format!("listener {}: certificate expired", w.name))
             }
             None => reasons.push(format!("listener {}: certificate unreadable", w.name)),
             _ => {}
         }
-        for (route, target) in &w.upstreams {
+        for (route, target) in &snap.upstreams {
             let reachable = target.endpoints.iter().any(|e| {
                 let addrs: Vec<SocketAddr> = match e.literal {
                     Some(a) => vec![a],
@@ -178,7 +218,7 @@ fn histogram(
     out: &mut String,
     name: &str,
     help: &str,
-    watched: &[Watched],
+    watched: &[Snapshot],
     pick: fn(&Stats) -> &Histogram,
 ) {
     family(out, name, "histogram", help);
@@ -204,8 +244,10 @@ fn histogram(
 /// The Prometheus text exposition of every listener's counters.
 pub fn metrics(watched: &[Watched]) -> String {
     use std::sync::atomic::Ordering::Relaxed;
+    let snaps: Vec<Snapshot> = watched.iter().map(Watched::now).collect();
+    let watched = &snaps[..];
     let mut out = String::new();
-    let each = |out: &mut String, name: &str, f: &dyn Fn(&Watched) -> String| {
+    let each = |out: &mut String, name: &str, f: &dyn Fn(&Snapshot) -> String| {
         for w in watched {
             let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", label(&w.name), f(w));
         }
@@ -350,6 +392,33 @@ pub fn metrics(watched: &[Watched]) -> String {
         "TLS handshake latency.",
         watched,
         |s| &s.handshakes,
+    );
+    family(
+        &mut out,
+        "replink_reloads_total",
+        "counter",
+        "Reloads (SIGHUP) by result.",
+    );
+    let _ = writeln!(
+        out,
+        "replink_reloads_total{{result=\"ok\"}} {}",
+        RELOADS.ok.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "replink_reloads_total{{result=\"failed\"}} {}",
+        RELOADS.failed.load(Relaxed)
+    );
+    family(
+        &mut out,
+        "replink_last_reload_success",
+        "gauge",
+        "0 when the last reload failed (the previous configuration is still in use).",
+    );
+    let _ = writeln!(
+        out,
+        "replink_last_reload_success {}",
+        u8::from(!RELOADS.last_failed.load(Relaxed))
     );
     out
 }

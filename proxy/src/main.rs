@@ -279,11 +279,49 @@ fn quick(
         print!("{}", config_file::render(&service));
         return Ok(());
     }
-    serve(service)
+    serve(service.clone(), Source::Flags(service))
+}
+
+/// Where a reload (SIGHUP) reads the configuration from.
+enum Source {
+    File(PathBuf),
+    /// The command line: the same settings, with certificates, keys, CAs and CRLs read again.
+    Flags(ServiceConfig),
+}
+
+/// Reads the configuration again and applies it to every listener, after checking all of it.
+fn reload(handles: &[(String, ProxyHandle)], source: &Source) -> anyhow::Result<()> {
+    let service = match source {
+        Source::File(path) => config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Source::Flags(service) => service.clone(),
+    };
+    let mut now: Vec<&str> = handles.iter().map(|(n, _)| n.as_str()).collect();
+    let mut new: Vec<&str> = service.listeners.iter().map(|l| l.name.as_str()).collect();
+    now.sort_unstable();
+    new.sort_unstable();
+    if now != new {
+        anyhow::bail!(
+            "listeners were added, removed or renamed ({} -> {}): that needs a restart",
+            now.join(", "),
+            new.join(", ")
+        );
+    }
+    for l in &service.listeners {
+        replink::check(&l.config).with_context(|| format!("listener {:?}", l.name))?;
+    }
+    for l in service.listeners {
+        let Some((_, handle)) = handles.iter().find(|(n, _)| *n == l.name) else {
+            continue;
+        };
+        handle
+            .reload(l.config)
+            .with_context(|| format!("listener {:?}", l.name))?;
+    }
+    Ok(())
 }
 
 /// Starts every listener, then the admin endpoint, then waits for a signal.
-fn serve(service: ServiceConfig) -> anyhow::Result<()> {
+fn serve(service: ServiceConfig, source: Source) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     let mut watched = Vec::new();
     for l in &service.listeners {
@@ -299,14 +337,14 @@ fn serve(service: ServiceConfig) -> anyhow::Result<()> {
             compression = ?compression,
             "listening"
         );
-        watched.push(replink::admin::Watched::new(&l.name, &l.config, &handle));
-        handles.push(handle);
+        watched.push(replink::admin::Watched::new(&l.name, &handle));
+        handles.push((l.name.clone(), handle));
     }
     if let Some(addr) = service.admin {
         let bound = replink::admin::start(addr, watched).context("admin listener")?;
         tracing::info!(addr = %bound, "admin listening (/metrics, /healthz, /readyz)");
     }
-    supervise(&handles, service.shutdown_timeout)
+    supervise(&handles, service.shutdown_timeout, &source)
 }
 
 /// Tells systemd (`Type=notify`) how the service is doing, when it runs under it.
@@ -330,7 +368,11 @@ fn sd_notify(state: &str) {
 /// Runs until SIGTERM or SIGINT, then drains: the listeners stop accepting, connections get
 /// `shutdown_timeout` to end, and whatever is left is closed when the process exits. A second
 /// signal ends the wait at once.
-fn supervise(handles: &[ProxyHandle], shutdown_timeout: Duration) -> anyhow::Result<()> {
+fn supervise(
+    handles: &[(String, ProxyHandle)],
+    shutdown_timeout: Duration,
+    source: &Source,
+) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("installing signal handlers")?;
@@ -338,7 +380,18 @@ fn supervise(handles: &[ProxyHandle], shutdown_timeout: Duration) -> anyhow::Res
     let mut got = None;
     for sig in signals.forever() {
         if sig == SIGHUP {
-            tracing::warn!("SIGHUP: reloading is not implemented yet; nothing changed");
+            sd_notify("RELOADING=1");
+            match reload(handles, source) {
+                Ok(()) => {
+                    replink::admin::note_reload(true);
+                    tracing::info!("reloaded")
+                }
+                Err(e) => {
+                    replink::admin::note_reload(false);
+                    tracing::warn!(error = %format!("{e:#}"), "reload failed; the previous configuration stays in use")
+                }
+            }
+            sd_notify("READY=1");
             continue;
         }
         got = Some(sig);
@@ -349,9 +402,9 @@ fn supervise(handles: &[ProxyHandle], shutdown_timeout: Duration) -> anyhow::Res
         _ => "SIGTERM",
     };
     sd_notify("STOPPING=1");
-    let active = |hs: &[ProxyHandle]| hs.iter().map(|h| h.active()).sum::<u64>();
+    let active = |hs: &[(String, ProxyHandle)]| hs.iter().map(|(_, h)| h.active()).sum::<u64>();
     tracing::info!(signal, active = active(handles), timeout = ?shutdown_timeout, "draining");
-    for h in handles {
+    for (_, h) in handles {
         h.stop_accepting();
     }
     let deadline = std::time::Instant::now() + shutdown_timeout;
@@ -375,7 +428,7 @@ fn supervise(handles: &[ProxyHandle], shutdown_timeout: Duration) -> anyhow::Res
 /// `replink run`: every listener of the file.
 fn run_service(path: &std::path::Path) -> anyhow::Result<()> {
     let service = config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    serve(service).with_context(|| path.display().to_string())
+    serve(service, Source::File(path.to_owned())).with_context(|| path.display().to_string())
 }
 
 /// `replink check`: the file, then what `start` would load for each listener.

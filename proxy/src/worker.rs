@@ -5,8 +5,8 @@
 //! configs) and the atomic counters in [`Stats`](crate::Stats).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use monoio::blocking::DefaultThreadPool;
@@ -54,12 +54,17 @@ pub enum ModeState {
 /// Read-only state every worker of a listener sees.
 pub struct Shared {
     pub config: ListenerConfig,
-    /// Set by [`ProxyHandle::stop_accepting`]: the accept loops end, connections carry on.
-    pub stopping: std::sync::atomic::AtomicBool,
     /// Connections move their records to kernel TLS (`--ktls`, and the kernel has it).
     pub ktls: bool,
     pub mode: ModeState,
     pub stats: Arc<Stats>,
+}
+
+impl Shared {
+    /// The in-kernel SNI classifier is loaded.
+    pub fn bpf_loaded(&self) -> bool {
+        matches!(&self.mode, ModeState::Reverse { bpf: Some(_), .. })
+    }
 }
 
 /// The io driver the workers ended up on.
@@ -153,9 +158,20 @@ pub struct ProxyHandle {
     pub driver: Driver,
     pub stats: Arc<Stats>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    shared: Arc<Shared>,
+    current: Current,
+    /// Set by [`ProxyHandle::stop_accepting`]: the accept loops end, connections carry on.
+    stopping: Arc<AtomicBool>,
     /// Duplicates of the workers' listening sockets, to stop their accepts from outside.
     listeners: Vec<std::net::TcpListener>,
+}
+
+/// The listener's state for new connections. A reload swaps the `Arc` whole; each accept takes
+/// the one current then, and a connection keeps the state it started with to its end.
+pub type Current = Arc<RwLock<Arc<Shared>>>;
+
+/// The state for the next connection.
+pub fn current(c: &Current) -> Arc<Shared> {
+    c.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl ProxyHandle {
@@ -163,7 +179,7 @@ impl ProxyHandle {
     /// by the kernel) while established connections carry on; the workers end once the last
     /// one closes.
     pub fn stop_accepting(&self) {
-        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.stopping.store(true, Ordering::Relaxed);
         for l in &self.listeners {
             // A shut-down listening socket fails the pending accept (EINVAL) and every later one.
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
@@ -172,12 +188,50 @@ impl ProxyHandle {
 
     /// Connections move to kernel TLS.
     pub fn ktls(&self) -> bool {
-        self.shared.ktls
+        current(&self.current).ktls
     }
 
     /// The in-kernel SNI classifier is loaded.
     pub fn bpf_loaded(&self) -> bool {
-        matches!(&self.shared.mode, ModeState::Reverse { bpf: Some(_), .. })
+        current(&self.current).bpf_loaded()
+    }
+
+    /// The state new connections get (for the admin endpoint).
+    pub fn state(&self) -> Current {
+        self.current.clone()
+    }
+
+    /// Applies a new configuration to new connections: certificates, keys, CA bundles, CRLs,
+    /// routes, allow rules, upstreams and options are loaded and checked first; on any error
+    /// the running state is kept. Established connections keep theirs. The listening address,
+    /// mode, worker count and io driver cannot change without a restart.
+    pub fn reload(&self, config: ListenerConfig) -> Result<(), Error> {
+        config.validate()?;
+        let old = current(&self.current);
+        let restart = |what: &str| {
+            Err(Error::Config(format!(
+                "{what} changed: that needs a restart (the running listener is unchanged)"
+            )))
+        };
+        if config.listen != old.config.listen {
+            return restart("the listening address");
+        }
+        if std::mem::discriminant(&config.mode) != std::mem::discriminant(&old.config.mode) {
+            return restart("the mode");
+        }
+        if config.workers != old.config.workers || config.io_driver != old.config.io_driver {
+            return restart("workers or io_driver");
+        }
+        let mode = build_mode(&config)?;
+        let ktls = ktls::check(config.ktls)?;
+        let new = Arc::new(Shared {
+            config,
+            ktls,
+            mode,
+            stats: old.stats.clone(),
+        });
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
     }
 
     /// Connections still open.
@@ -228,17 +282,18 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared {
         config,
-        stopping: std::sync::atomic::AtomicBool::new(false),
         ktls,
         mode,
         stats: stats.clone(),
     });
+    let current: Current = Arc::new(RwLock::new(shared));
+    let stopping = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
+        let (current, stopping) = (current.clone(), stopping.clone());
         let t = std::thread::Builder::new()
             .name(format!("{thread_prefix}-{i}"))
-            .spawn(move || run_worker(driver, listener, shared))?;
+            .spawn(move || run_worker(driver, listener, current, stopping))?;
         threads.push(t);
     }
     Ok(ProxyHandle {
@@ -246,12 +301,18 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         driver,
         stats,
         threads,
-        shared,
+        current,
+        stopping,
         listeners: dups,
     })
 }
 
-fn run_worker(driver: Driver, listener: std::net::TcpListener, shared: Arc<Shared>) {
+fn run_worker(
+    driver: Driver,
+    listener: std::net::TcpListener,
+    current: Current,
+    stopping: Arc<AtomicBool>,
+) {
     let result = match driver {
         // The blocking pool resolves upstream names at connect time (getaddrinfo blocks).
         Driver::IoUring => RuntimeBuilder::<IoUringDriver>::new()
@@ -259,19 +320,19 @@ fn run_worker(driver: Driver, listener: std::net::TcpListener, shared: Arc<Share
             .enable_timer()
             .attach_thread_pool(Box::new(DefaultThreadPool::new(1)))
             .build()
-            .map(|mut rt| rt.block_on(accept_loop(listener, shared))),
+            .map(|mut rt| rt.block_on(accept_loop(listener, current.clone(), stopping.clone()))),
         Driver::Epoll => RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
             .attach_thread_pool(Box::new(DefaultThreadPool::new(1)))
             .build()
-            .map(|mut rt| rt.block_on(accept_loop(listener, shared))),
+            .map(|mut rt| rt.block_on(accept_loop(listener, current.clone(), stopping.clone()))),
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "worker could not start its runtime");
     }
 }
 
-async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: std::net::TcpListener, current: Current, stopping: Arc<AtomicBool>) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -283,6 +344,7 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let shared = self::current(&current);
                 let active = shared.stats.active.load(Ordering::Relaxed);
                 if active >= shared.config.max_connections as u64 {
                     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -290,9 +352,9 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
                     drop(stream);
                     continue;
                 }
-                monoio::spawn(crate::conn::serve(stream, peer, shared.clone()));
+                monoio::spawn(crate::conn::serve(stream, peer, shared));
             }
-            Err(_) if shared.stopping.load(Ordering::Relaxed) => break,
+            Err(_) if stopping.load(Ordering::Relaxed) => break,
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning; existing
                 // connections carry on.
@@ -304,7 +366,8 @@ async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
     // Draining: this runtime keeps serving its connections until the listener has none left
     // (the process exits at its shutdown timeout otherwise).
     drop(listener);
-    while shared.stats.active.load(Ordering::Relaxed) > 0 {
+    let stats = self::current(&current).stats.clone();
+    while stats.active.load(Ordering::Relaxed) > 0 {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
 }

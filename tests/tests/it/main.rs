@@ -38,6 +38,10 @@
 //!   VM with Debian's kernel (`scripts/ktls-vm.sh`): separate reverse and forward ends with
 //!   `--ktls on` carry exact bytes for each cipher, zstd on/off, with KeyUpdates both ways and
 //!   a resumed connection, and `/proc/net/tls_stat` proves the kernel did the records.
+//! - `reload`: 200 SIGHUPs to both ends during four transfers (all exact, all `reloaded`); in
+//!   service mode a rotated server certificate is served to new handshakes while an older
+//!   connection finishes, a CRL added by reload refuses that client, a failed reload keeps the
+//!   old state and shows in `/metrics`.
 //! - `redis`: a real redis-server through the pair (redis-cli, redis-benchmark, digests).
 //! - `wildcard_and_combined_pem`: `*.repl.test` routes, a key+cert PEM without `--key`, a CA
 //!   bundle.
@@ -69,6 +73,7 @@ mod pg_setup;
 mod pki_cli;
 mod redis;
 mod refusals;
+mod reload;
 mod replication;
 mod resets;
 mod revocation;
