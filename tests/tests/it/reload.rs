@@ -63,7 +63,7 @@ fn served_serial(pki: &Pki, addr: SocketAddr, sni: &str) -> String {
     let x = run_cmd(
         "openssl",
         &["x509", "-noout", "-serial"],
-        Input::Bytes(pem[start..end].as_bytes()),
+        Input::Bytes(&pem.as_bytes()[start..end]),
         Duration::from_secs(20),
     );
     x.stdout_text()
