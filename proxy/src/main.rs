@@ -23,8 +23,25 @@ use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode, 
     about = "mTLS + zstd tunnel for database replication links"
 )]
 struct Cli {
+    /// Log lines as text (for terminals) or JSON (one object per line, for collectors).
+    /// The level comes from REPLINK_LOG (e.g. `debug`), else the config file's `log_level`,
+    /// else `info`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "REPLINK_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -248,14 +265,17 @@ impl Common {
     }
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REPLINK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
 }
 
 /// A quick-mode command line: printed as a config file (`--print-config`), or served.
@@ -426,8 +446,9 @@ fn supervise(
 }
 
 /// `replink run`: every listener of the file.
-fn run_service(path: &std::path::Path) -> anyhow::Result<()> {
+fn run_service(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<()> {
     let service = config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(service.log_level.as_deref().unwrap_or("info"), log_format);
     serve(service, Source::File(path.to_owned())).with_context(|| path.display().to_string())
 }
 
@@ -465,13 +486,12 @@ fn check_service(path: &std::path::Path) -> anyhow::Result<()> {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo prints its own report; per-connection lines would only interleave with it.
-    init_logging(
-        if matches!(cli.command, Command::Demo(_) | Command::Check { .. }) {
-            "warn"
-        } else {
-            "info"
-        },
-    );
+    // `run` sets up logging once its file (and `log_level`) is read.
+    match &cli.command {
+        Command::Run { .. } => {}
+        Command::Demo(_) | Command::Check { .. } => init_logging("warn", cli.log_format),
+        _ => init_logging("info", cli.log_format),
+    }
     match cli.command {
         Command::ReverseProxy {
             listen,
@@ -519,7 +539,7 @@ fn run() -> anyhow::Result<()> {
             )
         }
         Command::Demo(args) => demo::run(args),
-        Command::Run { config } => run_service(&config),
+        Command::Run { config } => run_service(&config, cli.log_format),
         Command::Check { config } => check_service(&config),
         Command::Status { admin } => status::print(admin),
     }

@@ -278,3 +278,62 @@ fn print_config_output_runs() {
     );
     verify_transfer(&server, &report).unwrap();
 }
+
+/// `log_level` in the file sets the level (`warn`: no `listening` line) and `--log-format
+/// json` writes one JSON object per line: a garbage client's `refused` line parses, with its
+/// level and reason as fields.
+#[test]
+fn log_level_from_the_file_and_json_lines() {
+    let pki = Pki::new();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replink.toml");
+    let text = two_listeners(&pki, port, free_port(), "127.0.0.1:9")
+        .replace("log_level = \"info\"", "log_level = \"warn\"");
+    std::fs::write(&file, text).unwrap();
+    let log = dir.path().join("log.jsonl");
+    let mut child = std::process::Command::new(replink_bin())
+        .args(["--log-format", "json", "run", "--config", s(&file)])
+        .env_remove("REPLINK_LOG")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + patience();
+    let mut conn = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("replink run did not listen: {e}"),
+        }
+    };
+    use std::io::{Read, Write};
+    let _ = conn.write_all(b"hello, not TLS\r\n\r\n");
+    let _ = conn.read(&mut [0u8; 64]);
+    let deadline = std::time::Instant::now() + patience();
+    while !std::fs::read_to_string(&log).unwrap().contains("refused") {
+        assert!(std::time::Instant::now() < deadline, "no refused line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().all(|l| l["message"] != "listening"),
+        "info lines at log_level warn:\n{text}"
+    );
+    let refused = lines
+        .iter()
+        .find(|l| l["message"] == "refused")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(refused["level"], "WARN", "{text}");
+    assert_eq!(refused["reason"], "bad_client_hello", "{text}");
+}
