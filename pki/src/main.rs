@@ -190,7 +190,39 @@ struct GenerateCrl {
     force: bool,
 }
 
+/// `REPLINK_GENERATE_DOCS=DIR`: writes shell completions (bash, zsh, fish) and the man page
+/// for this command into DIR and exits (`scripts/release.sh` packs them).
+fn generate_docs() -> Option<std::io::Result<()>> {
+    use clap::CommandFactory;
+    let dir = std::path::PathBuf::from(std::env::var_os("REPLINK_GENERATE_DOCS")?);
+    let write = || {
+        let mut cmd = Cli::command();
+        let name = cmd.get_name().to_owned();
+        std::fs::create_dir_all(&dir)?;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            clap_complete::generate_to(shell, &mut cmd, &name, &dir)?;
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)
+    };
+    Some(write())
+}
+
 fn main() -> ExitCode {
+    if let Some(done) = generate_docs() {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("replink-pki: generating docs: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

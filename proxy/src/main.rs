@@ -545,7 +545,37 @@ fn run() -> anyhow::Result<()> {
     }
 }
 
+/// `REPLINK_GENERATE_DOCS=DIR`: writes shell completions (bash, zsh, fish) and the man page
+/// for this command into DIR and exits (`scripts/release.sh` packs them).
+fn generate_docs() -> Option<std::io::Result<()>> {
+    use clap::CommandFactory;
+    let dir = std::path::PathBuf::from(std::env::var_os("REPLINK_GENERATE_DOCS")?);
+    let write = || {
+        let mut cmd = Cli::command();
+        let name = cmd.get_name().to_owned();
+        std::fs::create_dir_all(&dir)?;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            clap_complete::generate_to(shell, &mut cmd, &name, &dir)?;
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)
+    };
+    Some(write())
+}
+
 fn main() {
+    if let Some(done) = generate_docs() {
+        if let Err(e) = done {
+            eprintln!("replink: generating docs: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run() {
         eprintln!("replink: {e:#}");
         std::process::exit(1);

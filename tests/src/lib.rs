@@ -34,7 +34,7 @@ mod vm;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use bin::{nested_cargo, replink_bin, replink_pg_bin, replink_pki_bin};
+pub use bin::{nested_cargo, replink_bin, replink_pg_bin, replink_pki_bin, workspace_root};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
 pub use gen::{chunk_len, Gen};
 pub use pki::{IssuedFiles, Pki};

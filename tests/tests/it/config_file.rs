@@ -337,3 +337,44 @@ fn log_level_from_the_file_and_json_lines() {
     assert_eq!(refused["level"], "WARN", "{text}");
     assert_eq!(refused["reason"], "bad_client_hello", "{text}");
 }
+
+/// The example configs in `deploy/` pass `replink check` once their paths point at real
+/// files and their example host names at this host: they stay in step with the code.
+#[test]
+fn deploy_examples_pass_check() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let p = &pki.files;
+    for (name, from) in [
+        ("server.pem", &p.server_cert),
+        ("server.key", &p.server_key),
+        ("client.pem", &p.client_cert),
+        ("client.key", &p.client_key),
+        ("ca.pem", &p.ca_pem),
+    ] {
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let crl = p
+        .ca()
+        .crl_pem(
+            &[],
+            1,
+            now - time::Duration::hours(1),
+            now + time::Duration::days(7),
+        )
+        .unwrap();
+    std::fs::write(dir.path().join("ca.crl"), crl).unwrap();
+    let root = replink_tests::workspace_root();
+    for example in ["primary.toml", "replica.toml"] {
+        let text = std::fs::read_to_string(root.join("deploy").join(example)).unwrap();
+        let text = text
+            .replace("/etc/replink/", &format!("{}/", s(dir.path())))
+            .replace("primary.example.com", "127.0.0.1")
+            .replace("primary-b.example.com", "127.0.0.1");
+        let file = dir.path().join(example);
+        std::fs::write(&file, text).unwrap();
+        let out = check(&file);
+        assert!(out.success(), "deploy/{example}: {}", out.text());
+    }
+}
