@@ -241,6 +241,63 @@ fn histogram(
     }
 }
 
+/// Per-route counters, and the upstream endpoint each route used last.
+fn routes(out: &mut String, watched: &[Snapshot]) {
+    let rows: Vec<(String, String, crate::RouteStats)> = watched
+        .iter()
+        .flat_map(|w| {
+            let routes = w.stats.routes.lock().unwrap_or_else(|e| e.into_inner());
+            routes
+                .iter()
+                .map(|(r, s)| (label(&w.name), label(r), s.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    family(
+        out,
+        "replink_route_connections_total",
+        "counter",
+        "Established connections per route, by outcome.",
+    );
+    for (l, r, s) in &rows {
+        for (outcome, n) in [("done", s.done), ("failed", s.failed)] {
+            let _ = writeln!(
+                out,
+                "replink_route_connections_total{{listener=\"{l}\",route=\"{r}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    family(
+        out,
+        "replink_route_bytes_total",
+        "counter",
+        "Plaintext bytes per route: plain_in (towards the TLS side), plain_out (delivered from it).",
+    );
+    for (l, r, s) in &rows {
+        for (dir, n) in [("plain_in", s.plain_in), ("plain_out", s.plain_out)] {
+            let _ = writeln!(
+                out,
+                "replink_route_bytes_total{{listener=\"{l}\",route=\"{r}\",direction=\"{dir}\"}} {n}"
+            );
+        }
+    }
+    family(
+        out,
+        "replink_route_upstream_info",
+        "gauge",
+        "The upstream endpoint of the route that answered last (value 1).",
+    );
+    for (l, r, s) in &rows {
+        if let Some(u) = &s.upstream {
+            let _ = writeln!(
+                out,
+                "replink_route_upstream_info{{listener=\"{l}\",route=\"{r}\",upstream=\"{}\"}} 1",
+                label(u)
+            );
+        }
+    }
+}
+
 /// The Prometheus text exposition of every listener's counters.
 pub fn metrics(watched: &[Watched]) -> String {
     use std::sync::atomic::Ordering::Relaxed;
@@ -393,6 +450,7 @@ pub fn metrics(watched: &[Watched]) -> String {
         watched,
         |s| &s.handshakes,
     );
+    routes(&mut out, watched);
     family(
         &mut out,
         "replink_reloads_total",

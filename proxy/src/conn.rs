@@ -90,6 +90,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         start.elapsed().as_secs_f64(),
         info.handshake_seconds,
     );
+    if let (Some(route), true) = (&info.route, info.established) {
+        shared
+            .stats
+            .record_route(route, info.upstream.as_deref(), &traffic, result.is_ok());
+    }
     let t = &*traffic;
     let dur_ms = start.elapsed().as_millis() as u64;
     let route = info.route.as_deref().unwrap_or("-");

@@ -71,6 +71,9 @@ pub enum Error {
 pub struct Stats {
     /// Connections that ended badly, by `reason` (`unknown_sni`, `certificate_revoked`, …).
     pub reasons: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Established connections per route (reverse: the route's SNI pattern; forward: the
+    /// target), with the upstream endpoint that answered last.
+    pub routes: std::sync::Mutex<std::collections::BTreeMap<String, RouteStats>>,
     /// Connection lifetimes (seconds) and TLS handshake latencies (seconds).
     pub durations: Histogram,
     pub handshakes: Histogram,
@@ -90,7 +93,34 @@ pub struct Stats {
     pub ktls: AtomicU64,
 }
 
+/// One route's counters (updated when its connections close).
+#[derive(Default, Debug, Clone)]
+pub struct RouteStats {
+    pub done: u64,
+    pub failed: u64,
+    /// Plaintext bytes towards the TLS side, and delivered from it.
+    pub plain_in: u64,
+    pub plain_out: u64,
+    /// The endpoint of the route's target that answered last (failover shows here).
+    pub upstream: Option<String>,
+}
+
 impl Stats {
+    fn record_route(&self, route: &str, upstream: Option<&str>, t: &relay::Traffic, ok: bool) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let r = routes.entry(route.to_owned()).or_default();
+        if ok {
+            r.done += 1;
+        } else {
+            r.failed += 1;
+        }
+        r.plain_in += t.plain_to_tls.get();
+        r.plain_out += t.tls_to_plain.get();
+        if let Some(u) = upstream {
+            r.upstream = Some(u.to_owned());
+        }
+    }
+
     fn record(
         &self,
         t: &relay::Traffic,

@@ -143,6 +143,32 @@ pub fn print(admin: SocketAddr) -> anyhow::Result<()> {
                 (expiry - now) / 86400.0
             );
         }
+        for (_, l, _) in samples.iter().filter(|(n, l, _)| {
+            n == "replink_route_upstream_info"
+                && l.get("listener").map(String::as_str) == Some(name)
+        }) {
+            let route = l.get("route").map_or("?", String::as_str);
+            let rv = |metric: &str, k: &str, val: &str| -> f64 {
+                samples
+                    .iter()
+                    .filter(|(n, rl, _)| {
+                        n == metric
+                            && rl.get("listener").map(String::as_str) == Some(name)
+                            && rl.get("route").map(String::as_str) == Some(route)
+                            && rl.get(k).map(String::as_str) == Some(val)
+                    })
+                    .map(|(_, _, v)| v)
+                    .sum()
+            };
+            println!(
+                "  route {route} -> {}: {} done, {} failed; plaintext {} in, {} out",
+                l.get("upstream").map_or("?", String::as_str),
+                rv("replink_route_connections_total", "outcome", "done"),
+                rv("replink_route_connections_total", "outcome", "failed"),
+                bytes(rv("replink_route_bytes_total", "direction", "plain_in")),
+                bytes(rv("replink_route_bytes_total", "direction", "plain_out")),
+            );
+        }
         let reasons: Vec<String> = samples
             .iter()
             .filter(|(n, l, _)| {

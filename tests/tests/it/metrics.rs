@@ -134,6 +134,21 @@ fn metrics_match_the_bytes_moved() {
     assert_eq!(hist_count("replink_connection_duration_seconds"), 2.0);
     assert_eq!(hist_count("replink_handshake_duration_seconds"), 1.0);
 
+    let up = server.addr().to_string();
+    let route = [rl[0], ("route", ROUTE)];
+    let upstream_info = [route[0], route[1], ("upstream", up.as_str())];
+    assert_eq!(
+        sample(&m, "replink_route_upstream_info", &upstream_info),
+        1.0
+    );
+    let rdone = [route[0], route[1], ("outcome", "done")];
+    assert_eq!(sample(&m, "replink_route_connections_total", &rdone), 1.0);
+    let rout = [route[0], route[1], ("direction", "plain_out")];
+    assert_eq!(
+        sample(&m, "replink_route_bytes_total", &rout),
+        by("plain_out")
+    );
+
     let fm = scrape(fadmin);
     let fl = [("listener", "forward")];
     let fby = |d: &str| sample(&fm, "replink_bytes_total", &[fl[0], ("direction", d)]);
@@ -166,6 +181,8 @@ fn metrics_match_the_bytes_moved() {
     assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{}", out.text());
     let text = out.stdout_text();
     assert!(text.contains("listener reverse"), "{text}");
+    let route_line = format!("route {ROUTE} -> {up}: 1 done, 0 failed");
+    assert!(text.contains(&route_line), "{text}");
     assert!(
         text.contains("closed 1 done, 0 failed, 2 refused"),
         "{text}"
