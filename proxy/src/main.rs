@@ -100,6 +100,10 @@ enum Command {
         /// The config file (default: $REPLINK_CONFIG).
         #[arg(long, env = "REPLINK_CONFIG")]
         config: PathBuf,
+        /// Reload when the config file or a certificate, key, CA or CRL file it names
+        /// changes (checked every 2 s), as SIGHUP does.
+        #[arg(long)]
+        watch: bool,
     },
     /// Asks a running replink's admin listener and prints a summary of its links.
     Status {
@@ -207,6 +211,10 @@ struct Common {
     /// Also allow TLS 1.2 (default: TLS 1.3 only).
     #[arg(long)]
     tls12: bool,
+    /// Reload when a certificate, key, CA or CRL file changes (checked every 2 s), as SIGHUP
+    /// does.
+    #[arg(long)]
+    watch: bool,
     /// Print this command line as a config file for `replink run --config` and exit.
     #[arg(long)]
     print_config: bool,
@@ -285,6 +293,7 @@ fn quick(
     print_config: bool,
     shutdown_timeout: Duration,
     admin: Option<SocketAddr>,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let service = ServiceConfig {
         log_level: None,
@@ -299,7 +308,7 @@ fn quick(
         print!("{}", config_file::render(&service));
         return Ok(());
     }
-    serve(service.clone(), Source::Flags(service))
+    serve(service.clone(), Source::Flags(service), watch)
 }
 
 /// Where a reload (SIGHUP) reads the configuration from.
@@ -341,7 +350,10 @@ fn reload(handles: &[(String, ProxyHandle)], source: &Source) -> anyhow::Result<
 }
 
 /// Starts every listener, then the admin endpoint, then waits for a signal.
-fn serve(service: ServiceConfig, source: Source) -> anyhow::Result<()> {
+fn serve(service: ServiceConfig, source: Source, watch: bool) -> anyhow::Result<()> {
+    if watch {
+        watch_files(&source)?;
+    }
     let mut handles = Vec::new();
     let mut watched = Vec::new();
     for l in &service.listeners {
@@ -365,6 +377,66 @@ fn serve(service: ServiceConfig, source: Source) -> anyhow::Result<()> {
         tracing::info!(addr = %bound, "admin listening (/metrics, /healthz, /readyz)");
     }
     supervise(&handles, service.shutdown_timeout, &source)
+}
+
+/// The files a reload reads: the config file (service mode) and every listener's
+/// certificate, key, CA bundle and CRLs.
+fn watched_files(source: &Source) -> Vec<PathBuf> {
+    let (mut files, service) = match source {
+        Source::File(path) => (vec![path.clone()], config_file::load(path).ok()),
+        Source::Flags(service) => (Vec::new(), Some(service.clone())),
+    };
+    for l in service.iter().flat_map(|s| &s.listeners) {
+        let t = &l.config.tls;
+        files.extend([t.cert.clone(), t.key.clone(), t.ca.clone()]);
+        files.extend(t.crls.iter().cloned());
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// `--watch`: a thread that polls the files' size and modification time every 2 s and, once
+/// a change has held still for one more poll (a certificate and its key are written one
+/// after the other), raises SIGHUP on this process: the reload path is the signal's.
+fn watch_files(source: &Source) -> anyhow::Result<()> {
+    use std::time::SystemTime;
+    type Seen = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+    let look = |files: &[PathBuf]| -> Seen {
+        files
+            .iter()
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok();
+                let stamp = meta.and_then(|m| Some((m.len(), m.modified().ok()?)));
+                (f.clone(), stamp)
+            })
+            .collect()
+    };
+    let source = match source {
+        Source::File(p) => Source::File(p.clone()),
+        Source::Flags(s) => Source::Flags(s.clone()),
+    };
+    let mut seen = look(&watched_files(&source));
+    std::thread::Builder::new()
+        .name("watch".into())
+        .spawn(move || {
+            let mut pending: Option<Seen> = None;
+            loop {
+                std::thread::sleep(Duration::from_secs(2));
+                let now = look(&watched_files(&source));
+                match pending.take() {
+                    Some(previous) if previous == now => {
+                        tracing::info!("watched files changed: reloading");
+                        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGHUP);
+                        seen = now;
+                    }
+                    _ if now != seen => pending = Some(now),
+                    _ => {}
+                }
+            }
+        })
+        .context("starting the file watcher")?;
+    Ok(())
 }
 
 /// Tells systemd (`Type=notify`) how the service is doing, when it runs under it.
@@ -446,10 +518,10 @@ fn supervise(
 }
 
 /// `replink run`: every listener of the file.
-fn run_service(path: &std::path::Path, log_format: LogFormat) -> anyhow::Result<()> {
+fn run_service(path: &std::path::Path, log_format: LogFormat, watch: bool) -> anyhow::Result<()> {
     let service = config_file::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(service.log_level.as_deref().unwrap_or("info"), log_format);
-    serve(service, Source::File(path.to_owned())).with_context(|| path.display().to_string())
+    serve(service, Source::File(path.to_owned()), watch).with_context(|| path.display().to_string())
 }
 
 /// `replink check`: the file, then what `start` would load for each listener.
@@ -501,8 +573,12 @@ fn run() -> anyhow::Result<()> {
             common,
         } => {
             attach_allows(&mut routes, allows)?;
-            let (print, shutdown_timeout, admin) =
-                (common.print_config, common.shutdown_timeout, common.admin);
+            let (print, shutdown_timeout, admin, watch) = (
+                common.print_config,
+                common.shutdown_timeout,
+                common.admin,
+                common.watch,
+            );
             quick(
                 ListenerConfig {
                     bpf_classifier,
@@ -512,6 +588,7 @@ fn run() -> anyhow::Result<()> {
                 print,
                 shutdown_timeout,
                 admin,
+                watch,
             )
         }
         Command::ForwardProxy {
@@ -521,8 +598,12 @@ fn run() -> anyhow::Result<()> {
             server_name,
             common,
         } => {
-            let (print, shutdown_timeout, admin) =
-                (common.print_config, common.shutdown_timeout, common.admin);
+            let (print, shutdown_timeout, admin, watch) = (
+                common.print_config,
+                common.shutdown_timeout,
+                common.admin,
+                common.watch,
+            );
             quick(
                 common.into_config(
                     listen,
@@ -536,10 +617,11 @@ fn run() -> anyhow::Result<()> {
                 print,
                 shutdown_timeout,
                 admin,
+                watch,
             )
         }
         Command::Demo(args) => demo::run(args),
-        Command::Run { config } => run_service(&config, cli.log_format),
+        Command::Run { config, watch } => run_service(&config, cli.log_format, watch),
         Command::Check { config } => check_service(&config),
         Command::Status { admin } => status::print(admin),
     }
