@@ -5,8 +5,10 @@
 #   scripts/release.sh [OUT_DIR]
 #
 # Installs what it needs when missing: the Rust musl target (rustup) and Debian's musl-tools
-# (ring's C and assembly are built with musl-gcc). Each binary is checked with `ldd`, which
-# must answer "not a dynamic executable".
+# (ring's C and assembly are built with musl-gcc). Each binary is checked with `ldd`: the
+# musl target links static-pie executables (no interpreter, no shared library, and still
+# ASLR for the binary itself), for which glibc's ldd prints "statically linked"; a non-PIE
+# static binary would print "not a dynamic executable". Either passes; anything else fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/debian-deps.sh
@@ -23,7 +25,7 @@ mkdir -p "$out/completions" "$out/man"
 for bin in replink replink-pki replink-pg; do
     cp "target/$target/release/$bin" "$out/$bin"
     strip "$out/$bin"
-    if ! ldd "$out/$bin" 2>&1 | grep -q "not a dynamic executable"; then
+    if ! ldd "$out/$bin" 2>&1 | grep -Eq "not a dynamic executable|statically linked"; then
         echo "release: $bin is not static:" >&2
         ldd "$out/$bin" >&2 || true
         exit 1
@@ -34,5 +36,6 @@ mv "$out"/completions/*.1 "$out/man/"
 (cd "$out" && sha256sum replink replink-pki replink-pg >SHA256SUMS)
 echo "release: $(cd "$out" && ls -1 replink replink-pki replink-pg | tr '\n' ' ')in $out"
 for bin in replink replink-pki replink-pg; do
-    printf '%s: %s, %s\n' "$bin" "$(ldd "$out/$bin" 2>&1 | tr -d '\t')" "$(du -h "$out/$bin" | cut -f1)"
+    printf '%s: ldd: %s; file: %s; %s\n' "$bin" "$(ldd "$out/$bin" 2>&1 | tr -d '\t')" \
+        "$(file -b "$out/$bin" | cut -d, -f1-2)" "$(du -h "$out/$bin" | cut -f1)"
 done
