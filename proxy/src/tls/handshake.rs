@@ -221,7 +221,22 @@ async fn drive<C: Unbuffered>(
             Step::PeerClosed => peer_closed = true,
             Step::Closed => return Err(ConnError::HandshakeEof),
             Step::Failed(e) => {
-                send_pending_alert(conn, sock, out, incoming).await;
+                // A record that did not deframe or decrypt is still in `incoming`: processing
+                // it again would fail again and make rustls queue a second fatal alert, which
+                // it asserts against (a ClientHello followed by garbage killed the worker in
+                // debug builds). Such a peer gets the connection closed; the others get the
+                // alert rustls queued.
+                let unparsable = matches!(
+                    e,
+                    rustls::Error::InvalidMessage(_)
+                        | rustls::Error::DecryptError
+                        | rustls::Error::PeerSentOversizedRecord
+                        | rustls::Error::InappropriateMessage { .. }
+                        | rustls::Error::InappropriateHandshakeMessage { .. }
+                );
+                if !unparsable {
+                    send_pending_alert(conn, sock, out, incoming).await;
+                }
                 return Err(ConnError::Tls(e));
             }
         }
@@ -242,19 +257,29 @@ async fn send_pending_alert<C: Unbuffered>(
     mut incoming: Vec<u8>,
 ) {
     out.clear();
-    for _ in 0..4 {
-        let (more, discard) = {
+    // EncodeTlsData (the alert), then TransmitTlsData, then stop: a further `process` would
+    // parse the rest of the peer's bytes again, fail again and try to queue a second fatal
+    // alert, which rustls asserts against (a garbage record after a valid ClientHello did
+    // exactly that and killed the worker).
+    for _ in 0..2 {
+        // Belt and braces for a peer that put an unparsable record behind a handshake message
+        // that failed: rustls would hit its debug assertion against a second fatal alert.
+        // Caught here instead of unwinding the worker; the alert is then just not sent.
+        let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let status = conn.process(&mut incoming);
             let discard = status.discard;
             let more = match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut s)) => encode_into(&mut s, &mut out).is_ok(),
                 Ok(ConnectionState::TransmitTlsData(s)) => {
                     s.done();
-                    true
+                    false
                 }
                 _ => false,
             };
             (more, discard)
+        }));
+        let Ok((more, discard)) = processed else {
+            return;
         };
         incoming.drain(..discard.min(incoming.len()));
         if !more {

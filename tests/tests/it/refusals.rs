@@ -277,3 +277,41 @@ fn bad_flags_are_explained() {
     let (_, err) = run_replink_expect_failure(&args);
     assert!(err.contains("--zstd-level 99"), "{err}");
 }
+
+/// A client that sends a real ClientHello (rustls', from the corpus), reads the server's
+/// flight and then sends garbage where its next records should be: it gets an alert or a
+/// close, never a crashed worker. With one worker, a transfer through the same reverse end
+/// still works afterwards, and nothing panicked.
+#[test]
+fn garbage_after_the_client_hello_does_not_crash_a_worker() {
+    use rand::{RngCore, SeedableRng};
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    let opts = PairOptions {
+        workers: 1,
+        ..PairOptions::default()
+    };
+    let (reverse, forward) = start_pair(&pki, server.addr(), &opts);
+    let hello = std::fs::read(workspace_root().join("ebpf/corpus/routed-rustls-exact.bin"))
+        .expect("corpus ClientHello");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(run_seed() ^ 0x6a7b);
+    for round in 0..20 {
+        let mut c = TcpStream::connect(reverse.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&hello).unwrap();
+        let mut buf = [0u8; 16384];
+        let n = c.read(&mut buf).unwrap_or(0);
+        assert!(n > 0, "round {round}: no server flight:\n{}", reverse.log());
+        let mut junk = vec![0u8; 64 + (round * 37) % 400];
+        rng.fill_bytes(&mut junk);
+        if round % 2 == 0 {
+            // Looks like a record header first, so the record layer gets further.
+            junk[..3].copy_from_slice(&[0x17, 0x03, 0x03]);
+        }
+        let _ = c.write_all(&junk);
+        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    }
+    let t = Transfer::new(run_seed() ^ 0x6a7c, 1 << 20, 1 << 20);
+    verify_transfer(&server, &run_transfer(forward.addr(), t)).unwrap();
+    assert_eq!(reverse.count("panicked"), 0, "{}", reverse.log());
+}
