@@ -352,7 +352,7 @@ async fn accept_loop(listener: std::net::TcpListener, current: Current, stopping
                     drop(stream);
                     continue;
                 }
-                monoio::spawn(crate::conn::serve(stream, peer, shared));
+                monoio::spawn(Isolated(Box::pin(crate::conn::serve(stream, peer, shared))));
             }
             Err(_) if stopping.load(Ordering::Relaxed) => break,
             Err(e) => {
@@ -369,6 +369,34 @@ async fn accept_loop(listener: std::net::TcpListener, current: Current, stopping
     let stats = self::current(&current).stats.clone();
     while stats.active.load(Ordering::Relaxed) > 0 {
         monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection's task, with a panic inside it (a bug: peer input is never supposed to cause
+/// one) ending that connection only: the unwind is stopped here, logged, and the worker and
+/// its other connections carry on. Dropping the future closes the connection's sockets.
+struct Isolated<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Isolated<F> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "a connection task panicked; that connection is closed");
+                std::task::Poll::Ready(())
+            }
+        }
     }
 }
 
