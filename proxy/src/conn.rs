@@ -1,8 +1,8 @@
 //! One connection from accept to close, for each listener mode.
 //!
 //! ```text
-//! reverse: accept -> [bpf: sockhash] -> [libpq preamble] -> read ClientHello
-//!          -> [bpf: compare] -> route by SNI -> rustls handshake
+//! reverse: accept -> [libpq preamble] -> [bpf: first bytes, kernel refuses unknown SNI]
+//!          -> read ClientHello -> [bpf: compare] -> route by SNI -> rustls handshake
 //!          -> [postgres client: postgres route?] -> connect upstream -> relay
 //! forward: accept -> connect remote -> rustls handshake (SNI, ALPN offer) -> relay
 //! ```
@@ -22,7 +22,7 @@ use monoio::net::TcpStream;
 use replink_ebpf::{parse_client_hello, HelloError, Parse, SniTable};
 use rustls::{AlertDescription, ContentType};
 
-use crate::bpf::{BpfOutcome, Userspace};
+use crate::bpf::{BpfCheck, BpfOutcome, Early, Userspace};
 use crate::buffers::{read_more, SMALL};
 use crate::config::{RouteKind, Target};
 use crate::pg::{self, Next, Preamble, PreambleLog};
@@ -192,8 +192,10 @@ async fn read_client_hello(
                 let need = needed_at_least.saturating_sub(buf.len()).max(1024);
                 let (res, b) = read_more(sock, buf, need).await;
                 buf = b;
-                if res.map_err(ConnError::Downstream)? == 0 {
-                    return Err(ConnError::HandshakeEof);
+                match unless_kernel_not_ready(res).map_err(ConnError::Downstream)? {
+                    Some(0) => return Err(ConnError::HandshakeEof),
+                    Some(_) => {}
+                    None => monoio::time::sleep(Duration::from_millis(1)).await,
                 }
             }
             Err(HelloError::NotTls) => return Err(ConnError::BadHello("not TLS".into())),
@@ -202,6 +204,18 @@ async fn read_client_hello(
                 return Err(ConnError::BadHello(e.to_string()));
             }
         }
+    }
+}
+
+/// A read of a socket in the BPF classifier's sockhash says EAGAIN (even through io_uring)
+/// while bytes wait for the kernel's stream parser to run from its work queue (see
+/// `Classifier::accepted`): that is "nothing read yet, try again shortly" (`None`). Other
+/// errors pass through.
+fn unless_kernel_not_ready(res: std::io::Result<usize>) -> std::io::Result<Option<usize>> {
+    match res {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -253,8 +267,14 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// with its StartupMessage still unread would send a reset, which can overtake the error on
 /// the client's side and leave it with "connection reset" instead of the reason.
 async fn refuse_plaintext(sock: &mut TcpStream) {
+    refuse_gently(sock, pg::plaintext_refusal().to_vec()).await;
+}
+
+/// Sends `last` (a refusal), closes our side and reads what the client still sends until it
+/// closes, for at most `DRAIN_TIME` and `DRAIN_LIMIT` bytes.
+async fn refuse_gently(sock: &mut TcpStream, last: Vec<u8>) {
     let refuse = async {
-        let (res, _) = sock.write_all(pg::plaintext_refusal()).await;
+        let (res, _) = sock.write_all(last).await;
         if res.is_err() || sock.shutdown().await.is_err() {
             return;
         }
@@ -308,9 +328,20 @@ async fn reverse(
     } else {
         Vec::with_capacity(SMALL)
     };
-    let read = with_deadline(deadline, "handshake", read_client_hello(&mut client, start)).await;
+    let read = with_deadline(deadline, "handshake", async {
+        let start = match (bpf, &watched) {
+            (Some(check), Some(Ok(cookie))) => {
+                kernel_first(&mut client, check, *cookie, start, info).await?
+            }
+            _ => start,
+        };
+        read_client_hello(&mut client, start).await
+    })
+    .await;
     if let (Some(check), Some(watched)) = (bpf, watched) {
-        info.bpf = check.finish(watched, userspace_verdict(&read, routes), peer);
+        if info.bpf == BpfOutcome::Off {
+            info.bpf = check.finish(watched, userspace_verdict(&read, routes), peer, false);
+        }
     }
     let (incoming, hello) = read?;
     let Some(route) = hello.server_name.as_deref().and_then(|n| routes.lookup(n)) else {
@@ -363,6 +394,44 @@ async fn reverse(
         idle_timeout: shared.config.idle_timeout,
     };
     relay(client, upstream, est, &opts, traffic.clone()).await
+}
+
+/// Waits for the kernel's classifier to have seen the client's first TLS record (its verdict
+/// runs before the bytes reach the receive queue), then: no route, no SNI or a malformed
+/// ClientHello is refused here, before any read, parsing or TLS work, with the alert userspace
+/// would send (`unrecognized_name`; `decode_error` for a malformed one), and `info.bpf` set.
+/// Otherwise returns `buf` for the userspace parse.
+///
+/// Kernel finding (6.18): nothing is read before the classification is there. A read while
+/// the bytes that came before `accept` still wait for the stream parser says EAGAIN and runs
+/// the parser a second time; a second parser run while passed bytes are unread moves TCP's
+/// `copied_seq` past them (a defect of `tcp_bpf_strp_read_sock`), and once the socket leaves
+/// the sockhash the client's next flight is read from the wrong offset (seen as a corrupt
+/// record in the handshake).
+async fn kernel_first(
+    sock: &mut TcpStream,
+    check: &BpfCheck,
+    cookie: u64,
+    buf: Vec<u8>,
+    info: &mut ConnInfo,
+) -> Result<Vec<u8>, ConnError> {
+    while !check.classified(cookie) {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let reason = match check.early(cookie) {
+        Early::Parse => return Ok(buf),
+        Early::Refuse(reason) => reason,
+    };
+    info.bpf = BpfOutcome::Kernel(reason);
+    let alert = |desc: AlertDescription| vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(desc)];
+    if reason != replink_ebpf::Reason::Malformed {
+        refuse_gently(sock, alert(AlertDescription::UnrecognisedName)).await;
+        return Err(ConnError::UnknownSni(None));
+    }
+    refuse_gently(sock, alert(AlertDescription::DecodeError)).await;
+    Err(ConnError::BadHello(
+        "malformed ClientHello (in-kernel classifier)".into(),
+    ))
 }
 
 /// The userspace parse's verdict, in the classifier's terms (the route id is its index).

@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The zstd framing replink uses (window and input per frame), for measurements that must
 /// drive zstd the same way.
+pub use bpf::BpfCounters;
 pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
 pub use config::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
 pub use worker::{start, Driver, ProxyHandle};

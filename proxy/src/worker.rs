@@ -38,7 +38,7 @@ pub enum ModeState {
         /// Some route is `postgres`: read libpq's plaintext preamble before TLS.
         sniff_postgres: bool,
         /// `--bpf-classifier` loaded (never with `sniff_postgres`).
-        bpf: Option<Box<BpfCheck>>,
+        bpf: Option<Arc<BpfCheck>>,
     },
     Forward {
         target: Target,
@@ -123,7 +123,7 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
                 routes: table,
                 tls: tls::server_configs(&config.tls)?,
                 sniff_postgres,
-                bpf: bpf::setup(config.bpf_classifier, routes, sniff_postgres)?.map(Box::new),
+                bpf: bpf::setup(config.bpf_classifier, routes, sniff_postgres)?,
             }
         }
         Mode::Forward(f) => {
@@ -144,6 +144,8 @@ pub struct ProxyHandle {
     pub local_addr: SocketAddr,
     pub driver: Driver,
     pub stats: Arc<Stats>,
+    /// The BPF classifier, when loaded (see `ProxyHandle::bpf_counters`).
+    pub(crate) bpf: Option<Arc<BpfCheck>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -169,6 +171,13 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         err: e,
     })?;
     let local_addr = first.local_addr()?;
+    let bpf = match &mode {
+        ModeState::Reverse { bpf: Some(b), .. } => Some(b.clone()),
+        _ => None,
+    };
+    if let Some(b) = &bpf {
+        b.listen_on(local_addr)?;
+    }
     let mut listeners = vec![first];
     for _ in 1..config.workers {
         // Port 0 was resolved by the first bind; the others join its reuseport group.
@@ -195,6 +204,7 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         local_addr,
         driver,
         stats,
+        bpf,
         threads,
     })
 }
