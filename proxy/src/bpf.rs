@@ -263,6 +263,52 @@ impl BpfCheck {
         matches!(self.lock().classification(cookie), Ok(Some(_)))
     }
 
+    /// Pairs a client socket still in the sockhash with its upstream (added to the sockhash
+    /// here): from now on the kernel moves their bytes. Returns the upstream's cookie. On
+    /// failure nothing stays paired.
+    pub fn pair<S: std::os::fd::AsRawFd>(
+        &self,
+        client: u64,
+        upstream: &S,
+        route: u32,
+    ) -> Result<u64, ClassifierError> {
+        let fd = sys::borrow_fd(upstream);
+        let up = replink_ebpf::socket_cookie(&fd).map_err(ClassifierError::Cookie)?;
+        let mut classifier = self.lock();
+        let paired = classifier
+            .pair(client, up, route)
+            .and_then(|()| classifier.add_socket(fd).map(drop));
+        if paired.is_err() {
+            let _ = classifier.unpair(client, up);
+        }
+        paired.map(|()| up)
+    }
+
+    /// Bytes the kernel has moved from the socket with this cookie to its pair.
+    pub fn paired_bytes(&self, cookie: u64) -> u64 {
+        self.lock().paired_bytes(cookie).unwrap_or(0)
+    }
+
+    /// Ends a pairing (both sockets out of the maps, the client's classification forgotten);
+    /// the bytes moved client → upstream and back.
+    pub fn unpair(&self, client: u64, upstream: u64) -> (u64, u64) {
+        let mut classifier = self.lock();
+        let moved = classifier.unpair(client, upstream).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "bpf_classifier_error");
+            (0, 0)
+        });
+        let _ = classifier.forget(client);
+        moved
+    }
+
+    /// Takes a socket kept for passthrough out of the maps (when it is not paired after all).
+    pub fn release(&self, cookie: u64) {
+        let mut classifier = self.lock();
+        let _ = classifier
+            .remove_socket(cookie)
+            .and_then(|()| classifier.forget(cookie));
+    }
+
     /// Once the socket is classified: whether to refuse without parsing. A refusal takes the
     /// socket out of the maps and is counted.
     pub fn early(&self, cookie: u64) -> Early {

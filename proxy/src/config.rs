@@ -22,7 +22,7 @@ pub enum Mode {
     Forward(ForwardTarget),
 }
 
-/// `--route SNI=HOST:PORT[:postgres]`: connections whose SNI matches `pattern` go to `target`.
+/// `--route SNI=HOST:PORT[:postgres|:passthrough]`: connections whose SNI matches `pattern` go to `target`.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub pattern: SniPattern,
@@ -34,9 +34,9 @@ impl FromStr for Route {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (sni, rest) = s
-            .split_once('=')
-            .ok_or_else(|| format!("route {s:?} is not of the form SNI=HOST:PORT[:postgres]"))?;
+        let (sni, rest) = s.split_once('=').ok_or_else(|| {
+            format!("route {s:?} is not of the form SNI=HOST:PORT[:postgres|:passthrough]")
+        })?;
         let pattern = sni
             .parse::<SniPattern>()
             .map_err(|e| format!("route {s:?}: bad SNI pattern {sni:?}: {e}"))?;
@@ -72,6 +72,12 @@ pub enum RouteKind {
     /// before TLS or with direct TLS and ALPN `postgresql`. A listener with such a route reads
     /// libpq's plaintext preamble before the handshake (see `pg`).
     Postgres,
+    /// A TLS server (`:passthrough`): replink does not terminate TLS. It reads the ClientHello
+    /// only to route by its SNI, sends it on to the upstream, and then moves bytes both ways
+    /// unchanged (in the kernel with `--bpf-classifier`, else in userspace; see `passthrough`).
+    /// A deliberate exception to mTLS at replink: the upstream authenticates its clients, and
+    /// replink never sees the plaintext.
+    Passthrough,
 }
 
 impl FromStr for RouteKind {
@@ -80,8 +86,9 @@ impl FromStr for RouteKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "postgres" => Ok(RouteKind::Postgres),
+            "passthrough" => Ok(RouteKind::Passthrough),
             _ => Err(format!(
-                "unknown route kind {s:?} (the one suffix after HOST:PORT is `postgres`)"
+                "unknown route kind {s:?} (after HOST:PORT: `postgres` or `passthrough`)"
             )),
         }
     }
@@ -274,7 +281,7 @@ impl ListenerConfig {
         if let Mode::Reverse { routes } = &self.mode {
             if routes.is_empty() {
                 return Err(Error::Config(
-                    "reverse-proxy needs at least one --route SNI=HOST:PORT[:postgres]".into(),
+                    "reverse-proxy needs at least one --route SNI=HOST:PORT[:postgres|:passthrough]".into(),
                 ));
             }
         }
@@ -362,6 +369,11 @@ mod tests {
             .parse::<Route>()
             .is_err());
         assert!("pg.repl.test=127.0.0.1:5432:".parse::<Route>().is_err());
+        let r: Route = "tls.repl.test=127.0.0.1:443:passthrough".parse().unwrap();
+        assert_eq!(
+            (r.kind, r.target.spec.as_str()),
+            (RouteKind::Passthrough, "127.0.0.1:443")
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! reverse: accept -> [libpq preamble] -> [bpf: first bytes, kernel refuses unknown SNI]
-//!          -> read ClientHello -> [bpf: compare] -> route by SNI -> rustls handshake
+//!          -> read ClientHello -> [bpf: compare] -> route by SNI
+//!          -> [passthrough route: connect upstream, ClientHello, bytes both ways; see
+//!              `passthrough`] -> rustls handshake
 //!          -> [postgres client: postgres route?] -> connect upstream -> relay
 //! forward: accept -> connect remote -> rustls handshake (SNI, ALPN offer) -> relay
 //! ```
@@ -25,6 +27,7 @@ use rustls::{AlertDescription, ContentType};
 use crate::bpf::{BpfCheck, BpfOutcome, Early, Userspace};
 use crate::buffers::{read_more, SMALL};
 use crate::config::{RouteKind, Target};
+use crate::passthrough::{self, InKernel, PassPath};
 use crate::pg::{self, Next, Preamble, PreambleLog};
 use crate::relay::{relay, ConnError, RelayOptions, Traffic};
 use crate::tls::handshake::Established;
@@ -46,6 +49,8 @@ struct ConnInfo {
     preamble: Option<PreambleLog>,
     /// What the BPF classifier said (`bpf=`).
     bpf: BpfOutcome,
+    /// A passthrough route's path (`passthrough=kernel|userspace`).
+    passthrough: Option<PassPath>,
     /// The TLS handshake completed and the route accepted the client (a failure after this is
     /// not a refusal).
     established: bool,
@@ -85,10 +90,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let upstream = info.upstream.as_deref().unwrap_or("-");
     let alpn = info.alpn.as_deref().unwrap_or("-");
     let pg_preamble = info.preamble.unwrap_or(pg::NOT_SNIFFED);
+    let passthrough = info
+        .passthrough
+        .map_or_else(|| "-".to_string(), |p| p.to_string());
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf,
+            alpn, %pg_preamble, bpf = %info.bpf, passthrough,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
@@ -99,7 +107,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf,
+            alpn, %pg_preamble, bpf = %info.bpf, passthrough,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -338,9 +346,21 @@ async fn reverse(
         read_client_hello(&mut client, start).await
     })
     .await;
+    let user = userspace_verdict(&read, routes);
+    // A passthrough connection keeps its socket in the sockhash, to be paired.
+    let pass = matches!(&read, Ok((_, h)) if h
+        .server_name
+        .as_deref()
+        .and_then(|n| routes.lookup(n))
+        .is_some_and(|r| r.kind == RouteKind::Passthrough));
+    let mut in_kernel = None;
     if let (Some(check), Some(watched)) = (bpf, watched) {
         if info.bpf == BpfOutcome::Off {
-            info.bpf = check.finish(watched, userspace_verdict(&read, routes), peer, false);
+            let cookie = watched.as_ref().ok().copied();
+            info.bpf = check.finish(watched, user, peer, pass);
+            if let (true, Some(cookie), BpfOutcome::Kernel(_)) = (pass, cookie, info.bpf) {
+                in_kernel = Some(InKernel { check, cookie });
+            }
         }
     }
     let (incoming, hello) = read?;
@@ -349,6 +369,25 @@ async fn reverse(
         return Err(ConnError::UnknownSni(hello.server_name));
     };
     info.route = Some(route.name.clone());
+    if route.kind == RouteKind::Passthrough {
+        // No TLS at replink: the upstream terminates it (and authenticates the client).
+        let upstream = match connect(&route.target, shared.config.connect_timeout, shared).await {
+            Ok(u) => u,
+            Err(e) => {
+                if let Some(k) = in_kernel {
+                    k.check.release(k.cookie);
+                }
+                send_plain_alert(&mut client, AlertDescription::InternalError).await;
+                return Err(e);
+            }
+        };
+        info.upstream = Some(route.target.spec.clone());
+        info.established = true;
+        let (path, result) =
+            passthrough::relay(client, upstream, incoming, route.id, in_kernel, traffic).await;
+        info.passthrough = Some(path);
+        return result;
+    }
     let offers = |p: &[u8]| hello.alpn.iter().any(|a| a.as_slice() == p);
     // libpq speaks PostgreSQL inside TLS, never replink's zstd framing.
     let libpq = preamble.is_libpq() || offers(ALPN_POSTGRESQL);

@@ -7,7 +7,9 @@
 //! marked `postgres` also takes libpq's own TLS (SSLRequest, or ALPN `postgresql`).
 //!
 //! What this crate is not: a general TLS terminator or HTTP proxy. It carries byte streams,
-//! authenticates both ends with certificates, and never falls back to plaintext.
+//! authenticates both ends with certificates, and never falls back to plaintext. (A route
+//! marked `passthrough` is the deliberate exception to the first two: the client's TLS goes
+//! to the upstream unterminated, routed by its SNI; see `passthrough`.)
 //!
 //! Main types: [`ListenerConfig`] (what to run), [`start`] → [`ProxyHandle`] (a running
 //! listener with its [`Stats`]). The data path is in `conn` (one connection from accept to
@@ -25,6 +27,7 @@ mod codec;
 pub mod config;
 mod conn;
 pub mod ktls;
+mod passthrough;
 mod pg;
 mod relay;
 #[allow(unsafe_code)]

@@ -31,10 +31,11 @@ enum Command {
         /// Address to listen on for mTLS connections.
         #[arg(long)]
         listen: SocketAddr,
-        /// SNI=HOST:PORT[:postgres]; repeat for more routes. SNI may be a wildcard
+        /// SNI=HOST:PORT[:postgres|:passthrough]; repeat for more routes. SNI may be a wildcard
         /// (*.repl.example.com), matched after exact names. `:postgres` marks a PostgreSQL
         /// upstream that libpq may also reach directly (SSLRequest, or direct TLS with ALPN
-        /// `postgresql`), with its own client certificate.
+        /// `postgresql`), with its own client certificate. `:passthrough` marks a TLS upstream:
+        /// the client's TLS goes to it unterminated (no client certificate at replink).
         #[arg(long = "route", required = true)]
         routes: Vec<Route>,
         /// Experimental: the in-kernel SNI classifier, checked against the userspace parse

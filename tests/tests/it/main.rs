@@ -46,6 +46,7 @@ mod bpf_classifier;
 mod data_paths;
 mod ktls;
 mod openssl_interop;
+mod passthrough;
 mod pg_listener;
 mod pg_setup;
 mod pki_cli;
