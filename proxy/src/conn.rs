@@ -454,8 +454,16 @@ async fn kernel_first(
     buf: Vec<u8>,
     info: &mut ConnInfo,
 ) -> Result<Vec<u8>, ConnError> {
+    // The parser runs from a kernel work queue, usually within microseconds: a few turns of
+    // the runtime first, then millisecond naps (a client may also just be slow).
+    let mut turns = 0;
     while !check.classified(cookie) {
-        monoio::time::sleep(Duration::from_millis(1)).await;
+        if turns < 32 {
+            turns += 1;
+            YieldOnce(false).await;
+        } else {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     let reason = match check.early(cookie) {
         Early::Parse => return Ok(buf),
@@ -471,6 +479,25 @@ async fn kernel_first(
     Err(ConnError::BadHello(
         "malformed ClientHello (in-kernel classifier)".into(),
     ))
+}
+
+/// Gives the runtime one turn (other tasks, completions) and comes back.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// The userspace parse's verdict, in the classifier's terms (the route id is its index).

@@ -176,6 +176,11 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 }
                 copied += n as u64;
             }
+            // A socket in the sockhash says EAGAIN while bytes wait for the stream parser's
+            // work queue (see `Classifier::accepted`): they come shortly.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                monoio::time::sleep(Duration::from_millis(1)).await
+            }
             Err(e) => break Some(read_err(e)),
         }
     };
