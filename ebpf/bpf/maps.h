@@ -65,4 +65,14 @@ struct {
 	__type(value, __u64);
 } route_bytes SEC(".maps");
 
+/* Sockets sock_ops.c put into `sockets`, by cookie: userspace waits for a classification only
+ * for these (a socket accepted before its listener was registered, or refused by a full map,
+ * would never get one). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u8);
+} joined SEC(".maps");
+
 #endif

@@ -39,12 +39,14 @@ static __always_inline int ours(struct bpf_sock_ops *ops)
 static __always_inline void try_sock_ops(struct bpf_sock_ops *ops)
 {
 	__u64 cookie;
+	__u8 yes = 1;
 
 	if (ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || !ours(ops))
 		return;
 	cookie = bpf_get_socket_cookie(ops);
 	/* Fails only when the map is full: the socket then goes unclassified (userspace parses). */
-	bpf_sock_hash_update(ops, &sockets, &cookie, BPF_NOEXIST);
+	if (bpf_sock_hash_update(ops, &sockets, &cookie, BPF_NOEXIST) == 0)
+		bpf_map_update_elem(&joined, &cookie, &yes, BPF_ANY);
 }
 
 SEC("sockops")

@@ -149,6 +149,7 @@ pub struct Classifier {
     counters: PerCpuArray<MapData, u64>,
     listen_ports: HashMap<MapData, ListenKey, u32>,
     pairs: HashMap<MapData, u64, PassthroughPair>,
+    joined: HashMap<MapData, u64, u8>,
     route_bytes: PerCpuArray<MapData, u64>,
     sock_ops_id: u32,
     cgroup: PathBuf,
@@ -199,6 +200,7 @@ impl Classifier {
         let listen_ports = take_map(&mut obj, "listen_ports")?;
         let pairs = take_map(&mut obj, "pairs")?;
         let route_bytes = take_map(&mut obj, "route_bytes")?;
+        let joined = take_map(&mut obj, "joined")?;
         for name in ["stream_parser", "stream_verdict"] {
             let program: &mut aya::programs::SkSkb = program_mut(&mut obj, name)?;
             program
@@ -214,6 +216,7 @@ impl Classifier {
             counters,
             listen_ports,
             pairs,
+            joined,
             route_bytes,
             sock_ops_id,
             cgroup,
@@ -246,20 +249,61 @@ impl Classifier {
             })
     }
 
-    /// To call on every socket accepted on a registered listener, right after `accept`:
-    /// returns its cookie, and makes the kernel look at bytes that arrived before the accept.
+    /// The cookie of an accepted socket if the sock_ops program put it into the sockhash
+    /// (`None`: accepted before its listener was registered, or the map was full; it will
+    /// never be classified).
+    pub fn joined(&self, socket: &impl AsFd) -> Result<Option<u64>, ClassifierError> {
+        let cookie = socket_cookie(socket).map_err(ClassifierError::Cookie)?;
+        match self.joined.get(&cookie, 0) {
+            Ok(_) => Ok(Some(cookie)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ClassifierError::Map {
+                name: "joined",
+                source,
+            }),
+        }
+    }
+
+    /// Whether a joined socket has received bytes that are not classified yet: either the
+    /// parser is running on them right now, or they arrived before `accept` and sit unparsed
+    /// until [`Classifier::kick`].
+    pub fn unparsed(&self, socket: &impl AsFd, cookie: u64) -> Result<bool, ClassifierError> {
+        if self.classification(cookie)?.is_some() {
+            return Ok(false);
+        }
+        let received = crate::sockopt::bytes_received(socket).map_err(ClassifierError::Cookie)?;
+        Ok(received > 0)
+    }
+
+    /// Makes the kernel parse bytes that arrived before `accept`.
     ///
-    /// Kernel finding (6.18): the sock_ops program puts the socket into the sockhash before it
-    /// has a `struct socket`, and the stream parser cannot read a socket without one
+    /// Kernel findings (6.18): the sock_ops program puts the socket into the sockhash before
+    /// it has a `struct socket`, and the stream parser cannot read a socket without one
     /// (`strp_read_sock` gives up with EBUSY), so a ClientHello that arrived before `accept`
     /// sits unparsed, and unreadable (a read says EAGAIN), until more bytes arrive, which a
-    /// TLS client never sends. Setting SO_RCVLOWAT makes TCP call the socket's data-ready
-    /// hook again, and the parser (now with a socket) runs, from a kernel work queue: the
-    /// classification is there once the first bytes can be read.
-    pub fn accepted(&self, socket: &impl AsFd) -> Result<u64, ClassifierError> {
-        let cookie = socket_cookie(socket).map_err(ClassifierError::Cookie)?;
-        crate::sockopt::kick_data_ready(socket).map_err(ClassifierError::Cookie)?;
-        Ok(cookie)
+    /// TLS client never sends. Setting SO_RCVLOWAT makes TCP call the socket's data-ready hook
+    /// again and the parser, now with a socket, runs from a kernel work queue. But a parser
+    /// run while bytes it passed are still unread moves TCP's read offset past them (a defect
+    /// of `tcp_bpf_strp_read_sock`), which corrupts what the socket reads once it leaves the
+    /// sockhash: kick only a socket whose bytes stayed [`unparsed`](Classifier::unparsed)
+    /// for a while (not one the parser is busy with), and only once.
+    pub fn kick(&self, socket: &impl AsFd) -> Result<(), ClassifierError> {
+        crate::sockopt::kick_data_ready(socket).map_err(ClassifierError::Cookie)
+    }
+
+    /// [`joined`](Classifier::joined), then, for a blocking caller (tests): if its bytes stay
+    /// unparsed for 2 ms, [`kick`](Classifier::kick).
+    pub fn accepted(&self, socket: &impl AsFd) -> Result<Option<u64>, ClassifierError> {
+        let Some(cookie) = self.joined(socket)? else {
+            return Ok(None);
+        };
+        if self.unparsed(socket, cookie)? {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if self.unparsed(socket, cookie)? {
+                self.kick(socket)?;
+            }
+        }
+        Ok(Some(cookie))
     }
 
     /// Undoes [`Classifier::listen_on`].
@@ -364,6 +408,7 @@ impl Classifier {
     /// Drops the classification of a closed socket (the map is an LRU: entries not forgotten
     /// are evicted eventually).
     pub fn forget(&mut self, cookie: u64) -> Result<(), ClassifierError> {
+        absent_is_fine(self.joined.remove(&cookie), "joined")?;
         absent_is_fine(self.classifications.remove(&cookie), "classifications")
     }
 

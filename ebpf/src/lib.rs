@@ -11,7 +11,7 @@
 //! Not here: TLS itself. The parser reads only what routing needs (SNI, ALPN, whether TLS 1.3
 //! is offered), never allocates beyond the result, never panics, and does bounded work.
 
-// The exceptions: the `aya::Pod` impls in `layout`, one setsockopt in `sockopt`.
+// The exceptions: the `aya::Pod` impls in `layout`, two socket calls in `sockopt`.
 #![deny(unsafe_code)]
 
 mod classifier;

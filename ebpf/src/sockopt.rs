@@ -1,4 +1,4 @@
-//! The one socket call the classifier needs that socket2 does not offer, fenced here with the
+//! The socket calls the classifier needs that socket2 does not offer, fenced here with the
 //! crate's other unsafe code (`layout`).
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -22,6 +22,30 @@ pub(crate) fn kick_data_ready(socket: &impl AsFd) -> std::io::Result<()> {
     };
     if rc == 0 {
         Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `tcpi_bytes_received` of a TCP socket (`TCP_INFO`): bytes TCP has received, whether or not
+/// anything has parsed or read them.
+pub(crate) fn bytes_received(socket: &impl AsFd) -> std::io::Result<u64> {
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is borrowed from a live socket for the call; the kernel writes at most
+    // `len` bytes into `info`, a live local of that size, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(info.tcpi_bytes_received)
     } else {
         Err(std::io::Error::last_os_error())
     }

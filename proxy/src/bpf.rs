@@ -100,8 +100,8 @@ pub enum BpfOutcome {
     #[default]
     Off,
     Kernel(Reason),
-    /// The kernel recorded nothing (the socket was not in the sockhash: accepted before the
-    /// listener was registered, or the map was full).
+    /// The kernel recorded nothing: the socket was not in the sockhash (accepted before the
+    /// listener was registered, or the map was full); userspace parsed and routed it.
     Unseen,
     /// A map operation failed (logged).
     Error,
@@ -231,6 +231,19 @@ impl crate::ProxyHandle {
     }
 }
 
+/// Where the kernel is with a socket's first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The verdict ran.
+    Classified,
+    /// Nothing received yet.
+    Waiting,
+    /// Bytes received, not classified: being parsed, or stuck from before `accept`.
+    Unparsed,
+    /// A map or socket call failed: parse in userspace.
+    Failed,
+}
+
 /// What the kernel said about a connection before userspace parsed anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Early {
@@ -249,18 +262,40 @@ impl BpfCheck {
     }
 
     /// Right after `accept`: the socket's cookie (the sock_ops program put it into the
-    /// sockhash already), and the kernel is made to look at what arrived before the accept.
+    /// sockhash already).
+    /// `Err(Unseen)` when the sock_ops program did not take the socket (accepted before the
+    /// listener was registered, or a full map): no classification will come.
     pub fn watch<S: std::os::fd::AsRawFd>(&self, socket: &S) -> Result<u64, BpfOutcome> {
-        self.lock().accepted(&sys::borrow_fd(socket)).map_err(|e| {
-            tracing::warn!(error = %e, "bpf_classifier_error");
-            BpfOutcome::Error
-        })
+        match self.lock().joined(&sys::borrow_fd(socket)) {
+            Ok(Some(cookie)) => Ok(cookie),
+            Ok(None) => Err(BpfOutcome::Unseen),
+            Err(e) => {
+                tracing::warn!(error = %e, "bpf_classifier_error");
+                Err(BpfOutcome::Error)
+            }
+        }
     }
 
-    /// Whether the kernel has classified the socket yet (its first TLS record has arrived and
-    /// the verdict program ran).
-    pub fn classified(&self, cookie: u64) -> bool {
-        matches!(self.lock().classification(cookie), Ok(Some(_)))
+    /// Where the kernel is with a watched socket (see `conn::kernel_first`).
+    pub fn progress<S: std::os::fd::AsRawFd>(&self, socket: &S, cookie: u64) -> Progress {
+        let classifier = self.lock();
+        match classifier.classification(cookie) {
+            Ok(Some(_)) => return Progress::Classified,
+            Ok(None) => {}
+            Err(_) => return Progress::Failed,
+        }
+        match classifier.unparsed(&sys::borrow_fd(socket), cookie) {
+            Ok(true) => Progress::Unparsed,
+            Ok(false) => Progress::Waiting,
+            Err(_) => Progress::Failed,
+        }
+    }
+
+    /// Makes the kernel parse bytes that arrived before `accept` (`Classifier::kick`).
+    pub fn kick<S: std::os::fd::AsRawFd>(&self, socket: &S) {
+        if let Err(e) = self.lock().kick(&sys::borrow_fd(socket)) {
+            tracing::warn!(error = %e, "bpf_classifier_error");
+        }
     }
 
     /// Pairs a client socket still in the sockhash with its upstream (added to the sockhash

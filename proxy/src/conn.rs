@@ -24,7 +24,7 @@ use monoio::net::TcpStream;
 use replink_ebpf::{parse_client_hello, HelloError, Parse, SniTable};
 use rustls::{AlertDescription, ContentType};
 
-use crate::bpf::{BpfCheck, BpfOutcome, Early, Userspace};
+use crate::bpf::{BpfCheck, BpfOutcome, Early, Progress, Userspace};
 use crate::buffers::{read_more, SMALL};
 use crate::config::{RouteKind, Target};
 use crate::passthrough::{self, InKernel, PassPath};
@@ -441,12 +441,13 @@ async fn reverse(
 /// would send (`unrecognized_name`; `decode_error` for a malformed one), and `info.bpf` set.
 /// Otherwise returns `buf` for the userspace parse.
 ///
-/// Kernel finding (6.18): nothing is read before the classification is there. A read while
-/// the bytes that came before `accept` still wait for the stream parser says EAGAIN and runs
-/// the parser a second time; a second parser run while passed bytes are unread moves TCP's
-/// `copied_seq` past them (a defect of `tcp_bpf_strp_read_sock`), and once the socket leaves
-/// the sockhash the client's next flight is read from the wrong offset (seen as a corrupt
-/// record in the handshake).
+/// Kernel finding (6.18): nothing is read before the classification is there, and the
+/// parser is kicked at most once, and only for bytes that stayed unparsed (see
+/// `Classifier::kick`). A read while bytes wait for the parser says EAGAIN and runs the parser
+/// again; a second parser run while passed bytes are unread moves TCP's `copied_seq` past them
+/// (a defect of `tcp_bpf_strp_read_sock`), and once the socket leaves the sockhash the
+/// client's next flight is read from the wrong offset (seen as a corrupt record in the
+/// handshake, about 1 connection in 100 before this).
 async fn kernel_first(
     sock: &mut TcpStream,
     check: &BpfCheck,
@@ -454,10 +455,28 @@ async fn kernel_first(
     buf: Vec<u8>,
     info: &mut ConnInfo,
 ) -> Result<Vec<u8>, ConnError> {
-    // The parser runs from a kernel work queue, usually within microseconds: a few turns of
-    // the runtime first, then millisecond naps (a client may also just be slow).
+    // Bytes that arrived before `accept` need one kick (only once they have stayed unparsed
+    // for a moment: a kick while the parser is busy would run it twice); the parser then runs
+    // from a kernel work queue, usually within microseconds: a few turns of the runtime
+    // first, then millisecond naps (a client may also just be slow).
     let mut turns = 0;
-    while !check.classified(cookie) {
+    let mut unparsed_since: Option<Instant> = None;
+    let mut kicked = false;
+    loop {
+        match check.progress(sock, cookie) {
+            Progress::Classified => break,
+            Progress::Failed => return Ok(buf),
+            Progress::Waiting => unparsed_since = None,
+            Progress::Unparsed if kicked => {}
+            Progress::Unparsed => match unparsed_since {
+                None => unparsed_since = Some(Instant::now()),
+                Some(t) if t.elapsed() >= KICK_AFTER => {
+                    check.kick(sock);
+                    kicked = true;
+                }
+                Some(_) => {}
+            },
+        }
         if turns < 32 {
             turns += 1;
             YieldOnce(false).await;
@@ -480,6 +499,10 @@ async fn kernel_first(
         "malformed ClientHello (in-kernel classifier)".into(),
     ))
 }
+
+/// How long received bytes must stay unclassified before they count as stuck from before
+/// `accept` (the parser, when it runs in softirq, takes microseconds).
+const KICK_AFTER: Duration = Duration::from_micros(500);
 
 /// Gives the runtime one turn (other tasks, completions) and comes back.
 struct YieldOnce(bool);
