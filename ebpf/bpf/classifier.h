@@ -43,4 +43,22 @@ struct classification {
 	__u8 pad;
 };
 
+/* Key of the listen_ports map: a reverse listener's local address. The sock_ops program looks
+ * up the accepted socket's exact local address, then the wildcard (addr all zero) of its
+ * family. */
+struct listen_key {
+	__u16 port;    /* host byte order */
+	__u16 family;  /* AF_INET (2) or AF_INET6 (10) */
+	__u32 addr[4]; /* network byte order, IPv4 in addr[0]; all zero: any address */
+};
+
+/* Value of the pairs map, keyed by socket cookie: the other socket of a passthrough
+ * connection. Bytes read on this socket go to `peer`'s send queue in the kernel. */
+struct passthrough_pair {
+	__u64 peer;  /* cookie of the other socket */
+	__u64 bytes; /* bytes redirected from this socket to peer */
+	__u32 route; /* route id: the per-route byte counters */
+	__u32 pad;
+};
+
 #endif

@@ -5,7 +5,8 @@
  * its start, not from the strparser's offset, so it cannot delimit the second message of an
  * skb (returning record lengths then cuts the stream at wrong places and holds bytes back).
  * So no message ever ends inside an skb: until the socket is classified, "need more" (0) until
- * the first record is all there, then everything received so far; after that, whole skbs. */
+ * the first record is all there, then everything received so far; after that (or on a
+ * passthrough socket), whole skbs. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
@@ -19,7 +20,7 @@ static __always_inline int try_stream_parser(struct __sk_buff *skb)
 	__u32 record;
 
 	cookie = bpf_get_socket_cookie(skb);
-	if (bpf_map_lookup_elem(&classifications, &cookie))
+	if (bpf_map_lookup_elem(&pairs, &cookie) || bpf_map_lookup_elem(&classifications, &cookie))
 		return skb->len;
 	if (skb->len < TLS_RECORD_HEADER)
 		return 0; /* wait for the header */

@@ -1,7 +1,12 @@
 /* sk_skb stream verdict: classifies a socket by the SNI of its first TLS record (a whole
  * record, thanks to stream_parser.c) and records the result under the socket's cookie. The
- * bytes always go on to the socket's own receive queue (SK_PASS): userspace TLS proceeds and
- * reads the classification by cookie. */
+ * bytes go on to the socket's own receive queue (SK_PASS): userspace reads the classification
+ * by cookie, then the ClientHello.
+ *
+ * A socket in `pairs` (one side of a passthrough connection, set up by userspace after it has
+ * read the ClientHello and connected the upstream) has its bytes moved to the other socket's
+ * send queue instead (bpf_sk_redirect_hash): they never reach userspace. FIN and RST do not
+ * travel that way; userspace watches both sockets for them. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
@@ -101,22 +106,39 @@ static __always_inline void classify(struct __sk_buff *skb, struct classificatio
 	}
 }
 
-static __always_inline void try_stream_verdict(struct __sk_buff *skb)
+static __always_inline void count_bytes(__u32 route, __u32 len)
+{
+	__u64 *n = bpf_map_lookup_elem(&route_bytes, &route);
+
+	if (n)
+		*n += len;
+}
+
+/* SK_PASS, or the redirect's verdict for a passthrough socket. */
+static __always_inline int try_stream_verdict(struct __sk_buff *skb)
 {
 	struct classification c = {};
+	struct passthrough_pair *pair;
 	__u64 cookie = bpf_get_socket_cookie(skb);
+
+	pair = bpf_map_lookup_elem(&pairs, &cookie);
+	if (pair) {
+		__sync_fetch_and_add(&pair->bytes, skb->len);
+		count_bytes(pair->route, skb->len);
+		return bpf_sk_redirect_hash(skb, &sockets, &pair->peer, 0);
+	}
 
 	/* Classified already: later records pass untouched. */
 	if (bpf_map_lookup_elem(&classifications, &cookie))
-		return;
+		return SK_PASS;
 	classify(skb, &c);
 	bpf_map_update_elem(&classifications, &cookie, &c, BPF_NOEXIST);
 	count(c.reason == REASON_ROUTED ? c.route : MAX_ROUTES + c.reason);
+	return SK_PASS;
 }
 
 SEC("sk_skb/stream_verdict")
 int stream_verdict(struct __sk_buff *skb)
 {
-	try_stream_verdict(skb);
-	return SK_PASS;
+	return try_stream_verdict(skb);
 }

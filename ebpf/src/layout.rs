@@ -30,6 +30,27 @@ pub(crate) struct RawClassification {
     pub pad: u8,
 }
 
+/// `struct listen_key`: key of the `listen_ports` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ListenKey {
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    /// Network byte order (IPv4 in `addr[0]`); all zero for any address.
+    pub addr: [u32; 4],
+}
+
+/// `struct passthrough_pair`: value of the `pairs` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PassthroughPair {
+    pub peer: u64,
+    pub bytes: u64,
+    pub route: u32,
+    pub pad: u32,
+}
+
 // SAFETY: `repr(C)`, only integer fields and arrays of them, no padding the compiler adds
 // (1 + 1 + 2 + 256 bytes, alignment 1): every bit pattern is a valid value and every byte is
 // initialized, which is what `Pod` requires to copy it to and from map memory.
@@ -41,6 +62,16 @@ unsafe impl aya::Pod for SniKey {}
 #[allow(unsafe_code)]
 unsafe impl aya::Pod for RawClassification {}
 
+// SAFETY: `repr(C)`, integers laid out 2 + 2 + 16 bytes with alignment 4: no compiler padding,
+// every bit pattern valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for ListenKey {}
+
+// SAFETY: `repr(C)`, integers laid out 8 + 8 + 4 + 4 bytes with alignment 8: no compiler
+// padding, every bit pattern valid.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for PassthroughPair {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +80,7 @@ mod tests {
     fn sizes_match_the_c_layouts() {
         assert_eq!(std::mem::size_of::<SniKey>(), 260);
         assert_eq!(std::mem::size_of::<RawClassification>(), 8);
+        assert_eq!(std::mem::size_of::<ListenKey>(), 20);
+        assert_eq!(std::mem::size_of::<PassthroughPair>(), 24);
     }
 }

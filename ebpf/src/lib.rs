@@ -11,16 +11,19 @@
 //! Not here: TLS itself. The parser reads only what routing needs (SNI, ALPN, whether TLS 1.3
 //! is offered), never allocates beyond the result, never panics, and does bounded work.
 
-// The only exception: the `aya::Pod` impls in `layout`.
+// The exceptions: the `aya::Pod` impls in `layout`, two socket calls in `sockopt`.
 #![deny(unsafe_code)]
 
 mod classifier;
 mod client_hello;
 mod layout;
 mod sni;
+#[allow(unsafe_code)]
+mod sockopt;
 
 pub use classifier::{
-    socket_cookie, Classification, Classifier, ClassifierError, Counters, Reason,
+    own_cgroup, program_loaded, socket_cookie, Classification, Classifier, ClassifierError,
+    Counters, Reason,
 };
 pub use client_hello::{parse_client_hello, ClientHello, HelloError, Parse, MAX_CLIENT_HELLO};
 pub use layout::MAX_ROUTES;

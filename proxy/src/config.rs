@@ -23,7 +23,7 @@ pub enum Mode {
     Forward(ForwardTarget),
 }
 
-/// `--route SNI=HOST:PORT[:postgres]`: connections whose SNI matches `pattern` go to `target`.
+/// `--route SNI=HOST:PORT[:postgres|:passthrough]`: connections whose SNI matches `pattern` go to `target`.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub pattern: SniPattern,
@@ -37,9 +37,9 @@ impl FromStr for Route {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (sni, rest) = s
-            .split_once('=')
-            .ok_or_else(|| format!("route {s:?} is not of the form SNI=HOST:PORT[:postgres]"))?;
+        let (sni, rest) = s.split_once('=').ok_or_else(|| {
+            format!("route {s:?} is not of the form SNI=HOST:PORT[:postgres|:passthrough]")
+        })?;
         let pattern = sni
             .parse::<SniPattern>()
             .map_err(|e| format!("route {s:?}: bad SNI pattern {sni:?}: {e}"))?;
@@ -76,6 +76,12 @@ pub enum RouteKind {
     /// before TLS or with direct TLS and ALPN `postgresql`. A listener with such a route reads
     /// libpq's plaintext preamble before the handshake (see `pg`).
     Postgres,
+    /// A TLS server (`:passthrough`): replink does not terminate TLS. It reads the ClientHello
+    /// only to route by its SNI, sends it on to the upstream, and then moves bytes both ways
+    /// unchanged (in the kernel with `--bpf-classifier`, else in userspace; see `passthrough`).
+    /// A deliberate exception to mTLS at replink: the upstream authenticates its clients, and
+    /// replink never sees the plaintext.
+    Passthrough,
 }
 
 impl FromStr for RouteKind {
@@ -84,8 +90,9 @@ impl FromStr for RouteKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "postgres" => Ok(RouteKind::Postgres),
+            "passthrough" => Ok(RouteKind::Passthrough),
             _ => Err(format!(
-                "unknown route kind {s:?} (the one suffix after HOST:PORT is `postgres`)"
+                "unknown route kind {s:?} (after HOST:PORT: `postgres` or `passthrough`)"
             )),
         }
     }
@@ -351,8 +358,18 @@ impl ListenerConfig {
         if let Mode::Reverse { routes } = &self.mode {
             if routes.is_empty() {
                 return Err(Error::Config(
-                    "reverse-proxy needs at least one --route SNI=HOST:PORT[:postgres]".into(),
+                    "reverse-proxy needs at least one --route SNI=HOST:PORT[:postgres|:passthrough]".into(),
                 ));
+            }
+            if let Some(r) = routes
+                .iter()
+                .find(|r| r.kind == RouteKind::Passthrough && !r.allow.is_empty())
+            {
+                return Err(Error::Config(format!(
+                    "route {} is passthrough: replink never sees its clients' certificates, so \
+                     it cannot apply --allow rules to it (the upstream authenticates them)",
+                    r.pattern
+                )));
             }
         }
         Ok(())
@@ -503,6 +520,11 @@ mod tests {
             .parse::<Route>()
             .is_err());
         assert!("pg.repl.test=127.0.0.1:5432:".parse::<Route>().is_err());
+        let r: Route = "tls.repl.test=127.0.0.1:443:passthrough".parse().unwrap();
+        assert_eq!(
+            (r.kind, r.target.spec.as_str()),
+            (RouteKind::Passthrough, "127.0.0.1:443")
+        );
     }
 
     #[test]

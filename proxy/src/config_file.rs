@@ -724,6 +724,7 @@ pub fn render(config: &ServiceConfig) -> String {
                 let kind = match r.kind {
                     RouteKind::Stream => "stream",
                     RouteKind::Postgres => "postgres",
+                    RouteKind::Passthrough => "passthrough",
                 };
                 let _ = writeln!(out, "kind = \"{kind}\"");
                 let rules: Vec<String> = r.allow.0.iter().map(|a| quote(&a.to_string())).collect();

@@ -1,8 +1,10 @@
 //! One connection from accept to close, for each listener mode.
 //!
 //! ```text
-//! reverse: accept -> [bpf: sockhash] -> [libpq preamble] -> read ClientHello
-//!          -> [bpf: compare] -> route by SNI -> rustls handshake
+//! reverse: accept -> [libpq preamble] -> [bpf: first bytes, kernel refuses unknown SNI]
+//!          -> read ClientHello -> [bpf: compare] -> route by SNI
+//!          -> [passthrough route: connect upstream, ClientHello, bytes both ways; see
+//!              `passthrough`] -> rustls handshake
 //!          -> [postgres client: postgres route?] -> connect upstream -> relay
 //! forward: accept -> connect remote -> rustls handshake (SNI, ALPN offer) -> relay
 //! ```
@@ -23,9 +25,10 @@ use replink_ebpf::{parse_client_hello, HelloError, Parse, SniTable};
 use rustls::{AlertDescription, ContentType};
 
 use crate::authz::PeerIdentity;
-use crate::bpf::{BpfOutcome, Userspace};
+use crate::bpf::{BpfCheck, BpfOutcome, Early, Progress, Userspace};
 use crate::buffers::{read_more, SMALL};
 use crate::config::{Endpoint, RouteKind, Target};
+use crate::passthrough::{self, InKernel, PassPath};
 use crate::pg::{self, Next, Preamble, PreambleLog};
 use crate::relay::{relay, ConnError, RelayOptions, Traffic};
 use crate::tls::handshake::Established;
@@ -53,6 +56,8 @@ struct ConnInfo {
     failed_over: u32,
     /// How long the TLS handshake took (for the latency histogram).
     handshake_seconds: Option<f64>,
+    /// A passthrough route's path (`passthrough=kernel|userspace`).
+    passthrough: Option<PassPath>,
     /// The TLS handshake completed and the route accepted the client (a failure after this is
     /// not a refusal).
     established: bool,
@@ -104,10 +109,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let cipher = info.cipher.map(|c| format!("{c:?}"));
     let cipher = cipher.as_deref().unwrap_or("-");
     let pg_preamble = info.preamble.unwrap_or(pg::NOT_SNIFFED);
+    let passthrough = info
+        .passthrough
+        .map_or_else(|| "-".to_string(), |p| p.to_string());
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over,
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over, passthrough,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
@@ -123,7 +131,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over,
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over, passthrough,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"
@@ -258,12 +266,16 @@ async fn read_client_hello(
                 let need = needed_at_least.saturating_sub(buf.len()).max(1024);
                 let (res, b) = read_more(sock, buf, need).await;
                 buf = b;
-                if res.map_err(ConnError::Downstream)? == 0 {
-                    return Err(if buf.is_empty() && fresh {
-                        ConnError::Empty
-                    } else {
-                        ConnError::HandshakeEof
-                    });
+                match unless_kernel_not_ready(res).map_err(ConnError::Downstream)? {
+                    Some(0) => {
+                        return Err(if buf.is_empty() && fresh {
+                            ConnError::Empty
+                        } else {
+                            ConnError::HandshakeEof
+                        })
+                    }
+                    Some(_) => {}
+                    None => monoio::time::sleep(Duration::from_millis(1)).await,
                 }
             }
             Err(HelloError::NotTls) => return Err(ConnError::BadHello("not TLS".into())),
@@ -272,6 +284,18 @@ async fn read_client_hello(
                 return Err(ConnError::BadHello(e.to_string()));
             }
         }
+    }
+}
+
+/// A read of a socket in the BPF classifier's sockhash says EAGAIN (even through io_uring)
+/// while bytes wait for the kernel's stream parser to run from its work queue (see
+/// `Classifier::accepted`): that is "nothing read yet, try again shortly" (`None`). Other
+/// errors pass through.
+fn unless_kernel_not_ready(res: std::io::Result<usize>) -> std::io::Result<Option<usize>> {
+    match res {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -331,8 +355,14 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// with its StartupMessage still unread would send a reset, which can overtake the error on
 /// the client's side and leave it with "connection reset" instead of the reason.
 async fn refuse_plaintext(sock: &mut TcpStream) {
+    refuse_gently(sock, pg::plaintext_refusal().to_vec()).await;
+}
+
+/// Sends `last` (a refusal), closes our side and reads what the client still sends until it
+/// closes, for at most `DRAIN_TIME` and `DRAIN_LIMIT` bytes.
+async fn refuse_gently(sock: &mut TcpStream, last: Vec<u8>) {
     let refuse = async {
-        let (res, _) = sock.write_all(pg::plaintext_refusal()).await;
+        let (res, _) = sock.write_all(last).await;
         if res.is_err() || sock.shutdown().await.is_err() {
             return;
         }
@@ -388,14 +418,32 @@ async fn reverse(
     };
     // Nothing was exchanged yet unless a libpq preamble was read.
     let fresh = !*sniff_postgres;
-    let read = with_deadline(
-        deadline,
-        "handshake",
-        read_client_hello(&mut client, start, fresh),
-    )
+    let read = with_deadline(deadline, "handshake", async {
+        let start = match (bpf, &watched) {
+            (Some(check), Some(Ok(cookie))) => {
+                kernel_first(&mut client, check, *cookie, start, info).await?
+            }
+            _ => start,
+        };
+        read_client_hello(&mut client, start, fresh).await
+    })
     .await;
+    let user = userspace_verdict(&read, routes);
+    // A passthrough connection keeps its socket in the sockhash, to be paired.
+    let pass = matches!(&read, Ok((_, h)) if h
+        .server_name
+        .as_deref()
+        .and_then(|n| routes.lookup(n))
+        .is_some_and(|r| r.kind == RouteKind::Passthrough));
+    let mut in_kernel = None;
     if let (Some(check), Some(watched)) = (bpf, watched) {
-        info.bpf = check.finish(watched, userspace_verdict(&read, routes), peer);
+        if info.bpf == BpfOutcome::Off {
+            let cookie = watched.as_ref().ok().copied();
+            info.bpf = check.finish(watched, user, peer, pass);
+            if let (true, Some(cookie), BpfOutcome::Kernel(_)) = (pass, cookie, info.bpf) {
+                in_kernel = Some(InKernel { check, cookie });
+            }
+        }
     }
     let (incoming, hello) = read?;
     let Some(route) = hello.server_name.as_deref().and_then(|n| routes.lookup(n)) else {
@@ -403,6 +451,26 @@ async fn reverse(
         return Err(ConnError::UnknownSni(hello.server_name));
     };
     info.route = Some(route.name.clone());
+    if route.kind == RouteKind::Passthrough {
+        // No TLS at replink: the upstream terminates it (and authenticates the client).
+        let connected = connect(&route.target, shared.config.connect_timeout, shared, info).await;
+        let (upstream, endpoint) = match connected {
+            Ok(u) => u,
+            Err(e) => {
+                if let Some(k) = in_kernel {
+                    k.check.release(k.cookie);
+                }
+                send_plain_alert(&mut client, AlertDescription::InternalError).await;
+                return Err(e);
+            }
+        };
+        info.upstream = Some(endpoint.spec.clone());
+        info.established = true;
+        let (path, result) =
+            passthrough::relay(client, upstream, incoming, route.id, in_kernel, traffic).await;
+        info.passthrough = Some(path);
+        return result;
+    }
     let offers = |p: &[u8]| hello.alpn.iter().any(|a| a.as_slice() == p);
     // libpq speaks PostgreSQL inside TLS, never replink's zstd framing.
     let libpq = preamble.is_libpq() || offers(ALPN_POSTGRESQL);
@@ -464,6 +532,94 @@ async fn reverse(
         rekey_after: shared.config.rekey_after,
     };
     relay(client, upstream, est, &opts, traffic.clone()).await
+}
+
+/// Waits for the kernel's classifier to have seen the client's first TLS record (its verdict
+/// runs before the bytes reach the receive queue), then: no route, no SNI or a malformed
+/// ClientHello is refused here, before any read, parsing or TLS work, with the alert userspace
+/// would send (`unrecognized_name`; `decode_error` for a malformed one), and `info.bpf` set.
+/// Otherwise returns `buf` for the userspace parse.
+///
+/// Kernel finding (6.18): nothing is read before the classification is there, and the
+/// parser is kicked at most once, and only for bytes that stayed unparsed (see
+/// `Classifier::kick`). A read while bytes wait for the parser says EAGAIN and runs the parser
+/// again; a second parser run while passed bytes are unread moves TCP's `copied_seq` past them
+/// (a defect of `tcp_bpf_strp_read_sock`), and once the socket leaves the sockhash the
+/// client's next flight is read from the wrong offset (seen as a corrupt record in the
+/// handshake, about 1 connection in 100 before this).
+async fn kernel_first(
+    sock: &mut TcpStream,
+    check: &BpfCheck,
+    cookie: u64,
+    buf: Vec<u8>,
+    info: &mut ConnInfo,
+) -> Result<Vec<u8>, ConnError> {
+    // Bytes that arrived before `accept` need one kick (only once they have stayed unparsed
+    // for a moment: a kick while the parser is busy would run it twice); the parser then runs
+    // from a kernel work queue, usually within microseconds: a few turns of the runtime
+    // first, then millisecond naps (a client may also just be slow).
+    let mut turns = 0;
+    let mut unparsed_since: Option<Instant> = None;
+    let mut kicked = false;
+    loop {
+        match check.progress(sock, cookie) {
+            Progress::Classified => break,
+            Progress::Failed => return Ok(buf),
+            Progress::Waiting => unparsed_since = None,
+            Progress::Unparsed if kicked => {}
+            Progress::Unparsed => match unparsed_since {
+                None => unparsed_since = Some(Instant::now()),
+                Some(t) if t.elapsed() >= KICK_AFTER => {
+                    check.kick(sock);
+                    kicked = true;
+                }
+                Some(_) => {}
+            },
+        }
+        if turns < 32 {
+            turns += 1;
+            YieldOnce(false).await;
+        } else {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let reason = match check.early(cookie) {
+        Early::Parse => return Ok(buf),
+        Early::Refuse(reason) => reason,
+    };
+    info.bpf = BpfOutcome::Kernel(reason);
+    let alert = |desc: AlertDescription| vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(desc)];
+    if reason != replink_ebpf::Reason::Malformed {
+        refuse_gently(sock, alert(AlertDescription::UnrecognisedName)).await;
+        return Err(ConnError::UnknownSni(None));
+    }
+    refuse_gently(sock, alert(AlertDescription::DecodeError)).await;
+    Err(ConnError::BadHello(
+        "malformed ClientHello (in-kernel classifier)".into(),
+    ))
+}
+
+/// How long received bytes must stay unclassified before they count as stuck from before
+/// `accept` (the parser, when it runs in softirq, takes microseconds).
+const KICK_AFTER: Duration = Duration::from_micros(500);
+
+/// Gives the runtime one turn (other tasks, completions) and comes back.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 /// The userspace parse's verdict, in the classifier's terms (the route id is its index).

@@ -7,7 +7,9 @@
 //! marked `postgres` also takes libpq's own TLS (SSLRequest, or ALPN `postgresql`).
 //!
 //! What this crate is not: a general TLS terminator or HTTP proxy. It carries byte streams,
-//! authenticates both ends with certificates, and never falls back to plaintext.
+//! authenticates both ends with certificates, and never falls back to plaintext. (A route
+//! marked `passthrough` is the deliberate exception to the first two: the client's TLS goes
+//! to the upstream unterminated, routed by its SNI; see `passthrough`.)
 //!
 //! Main types: [`ListenerConfig`] (what to run), [`start`] → [`ProxyHandle`] (a running
 //! listener with its [`Stats`]). The data path is in `conn` (one connection from accept to
@@ -28,6 +30,7 @@ pub mod config;
 pub mod config_file;
 mod conn;
 pub mod ktls;
+mod passthrough;
 mod pg;
 mod relay;
 #[allow(unsafe_code)]
@@ -41,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The zstd framing replink uses (window and input per frame), for measurements that must
 /// drive zstd the same way.
+pub use bpf::BpfCounters;
 pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
 pub use config::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
 pub use worker::{check, start, Driver, ProxyHandle};

@@ -51,12 +51,13 @@ enum Command {
         /// Address to listen on for mTLS connections.
         #[arg(long)]
         listen: SocketAddr,
-        /// SNI=HOST:PORT[,HOST:PORT…][:postgres]; repeat for more routes. Several targets are
-        /// tried in order (primary, then backups); a host name is resolved again at each
-        /// connect. SNI may be a wildcard
+        /// SNI=HOST:PORT[,HOST:PORT…][:postgres|:passthrough]; repeat for more routes. Several
+        /// targets are tried in order (primary, then backups); a host name is resolved again at
+        /// each connect. SNI may be a wildcard
         /// (*.repl.example.com), matched after exact names. `:postgres` marks a PostgreSQL
         /// upstream that libpq may also reach directly (SSLRequest, or direct TLS with ALPN
-        /// `postgresql`), with its own client certificate.
+        /// `postgresql`), with its own client certificate. `:passthrough` marks a TLS upstream:
+        /// the client's TLS goes to it unterminated (no client certificate at replink).
         #[arg(long = "route", required = true)]
         routes: Vec<Route>,
         /// SNI=RULE: only clients whose certificate matches a rule may use the route SNI

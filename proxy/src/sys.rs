@@ -223,3 +223,38 @@ pub mod tls {
         }
     }
 }
+
+/// `TCP_INFO` of a socket; `None` on error.
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is a socket the caller keeps open for the call; the kernel writes at most
+    // `len` bytes into `info`, a live local of that size, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info)
+}
+
+/// Bytes an application has handed to a TCP socket that TCP has taken so far: acknowledged by
+/// the peer (`tcpi_bytes_acked`) plus still in the send queue (`SIOCOUTQ`). `None` on error.
+/// The passthrough path compares it with what it expects before it sends a FIN, so a FIN
+/// never overtakes bytes the kernel is still moving between sockets.
+pub fn tcp_bytes_taken(fd: RawFd) -> Option<u64> {
+    let info = tcp_info(fd)?;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is a socket the caller keeps open for the call; SIOCOUTQ (= TIOCOUTQ)
+    // writes one c_int through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    if rc != 0 || queued < 0 {
+        return None;
+    }
+    Some(info.tcpi_bytes_acked + queued as u64)
+}

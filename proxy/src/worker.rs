@@ -41,7 +41,7 @@ pub enum ModeState {
         /// Some route is `postgres`: read libpq's plaintext preamble before TLS.
         sniff_postgres: bool,
         /// `--bpf-classifier` loaded (never with `sniff_postgres`).
-        bpf: Option<Box<BpfCheck>>,
+        bpf: Option<Arc<BpfCheck>>,
     },
     Forward {
         target: Target,
@@ -136,7 +136,7 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
                 routes: table,
                 tls: tls::server_configs(&config.tls)?,
                 sniff_postgres,
-                bpf: bpf::setup(config.bpf_classifier, routes, sniff_postgres)?.map(Box::new),
+                bpf: bpf::setup(config.bpf_classifier, routes, sniff_postgres)?,
             }
         }
         Mode::Forward(f) => {
@@ -157,6 +157,8 @@ pub struct ProxyHandle {
     pub local_addr: SocketAddr,
     pub driver: Driver,
     pub stats: Arc<Stats>,
+    /// The BPF classifier, when loaded (see `ProxyHandle::bpf_counters`).
+    pub(crate) bpf: Option<Arc<BpfCheck>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     current: Current,
     /// Set by [`ProxyHandle::stop_accepting`]: the accept loops end, connections carry on.
@@ -222,7 +224,35 @@ impl ProxyHandle {
         if config.workers != old.config.workers || config.io_driver != old.config.io_driver {
             return restart("workers or io_driver");
         }
-        let mode = build_mode(&config)?;
+        // The BPF classifier stays as loaded: its sock_ops program owns this listener's port,
+        // and its route ids are the kernel's verdicts. A reload may change anything else.
+        let old_bpf = match &old.mode {
+            ModeState::Reverse { bpf, .. } => bpf.clone(),
+            ModeState::Forward { .. } => None,
+        };
+        let route_key = |c: &ListenerConfig| match &c.mode {
+            Mode::Reverse { routes } => routes
+                .iter()
+                .map(|r| format!("{}={}:{:?}", r.pattern, r.target.spec, r.kind))
+                .collect::<Vec<_>>(),
+            Mode::Forward(_) => Vec::new(),
+        };
+        if old_bpf.is_some()
+            && (config.bpf_classifier != old.config.bpf_classifier
+                || route_key(&config) != route_key(&old.config))
+        {
+            return restart("a route or bpf_classifier, with the BPF classifier loaded,");
+        }
+        if old_bpf.is_none() && config.bpf_classifier != old.config.bpf_classifier {
+            return restart("bpf_classifier");
+        }
+        let mut mode = build_mode(&ListenerConfig {
+            bpf_classifier: crate::config::BpfClassifier::Off,
+            ..config.clone()
+        })?;
+        if let ModeState::Reverse { bpf, .. } = &mut mode {
+            *bpf = old_bpf;
+        }
         let ktls = ktls::check(config.ktls)?;
         let new = Arc::new(Shared {
             config,
@@ -267,6 +297,13 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         err: e,
     })?;
     let local_addr = first.local_addr()?;
+    let bpf = match &mode {
+        ModeState::Reverse { bpf: Some(b), .. } => Some(b.clone()),
+        _ => None,
+    };
+    if let Some(b) = &bpf {
+        b.listen_on(local_addr)?;
+    }
     let mut listeners = vec![first];
     for _ in 1..config.workers {
         // Port 0 was resolved by the first bind; the others join its reuseport group.
@@ -300,6 +337,7 @@ pub fn start(config: ListenerConfig, thread_prefix: &str) -> Result<ProxyHandle,
         local_addr,
         driver,
         stats,
+        bpf,
         threads,
         current,
         stopping,

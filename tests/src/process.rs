@@ -42,6 +42,8 @@ impl ReplinkProcess {
             .args(args)
             .env("REPLINK_LOG", "info")
             .env("NO_COLOR", "1")
+            // The BPF classifier's counters, logged when they change (tests wait for them).
+            .env("REPLINK_BPF_COUNTERS_SECS", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

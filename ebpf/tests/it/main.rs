@@ -3,3 +3,4 @@
 
 mod classifier;
 mod corpus;
+mod in_kernel;

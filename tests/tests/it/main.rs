@@ -68,6 +68,7 @@ mod data_paths;
 mod ktls;
 mod metrics;
 mod openssl_interop;
+mod passthrough;
 mod pg_listener;
 mod pg_setup;
 mod pki_cli;

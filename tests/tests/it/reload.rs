@@ -253,3 +253,23 @@ fn watch_reloads_rotated_files() {
     );
     assert_eq!(reverse.count("reload failed"), 0, "{}", reverse.log());
 }
+
+/// With the BPF classifier loaded, a reload keeps it (its sock_ops program owns the port):
+/// connections after a SIGHUP are still classified in the kernel (`bpf=route`).
+#[test]
+fn reload_keeps_the_bpf_classifier() {
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    let opts = PairOptions {
+        extra_reverse: strings(&["--bpf-classifier", "on"]),
+        ..PairOptions::default()
+    };
+    let (reverse, forward) = start_pair(&pki, server.addr(), &opts);
+    reverse.signal("HUP");
+    reverse.wait_count("reloaded", 1);
+    let t = Transfer::new(run_seed() ^ 0xb9f1, 1 << 20, 1 << 20);
+    verify_transfer(&server, &run_transfer(forward.addr(), t)).unwrap();
+    reverse.wait_count(r#"closed .*reason="done""#, 1);
+    let line = &reverse.conn_lines()[0];
+    assert_eq!(line.get("bpf"), Some("route"), "{}", line.raw);
+}

@@ -1,0 +1,275 @@
+//! `:passthrough` routes: the client's TLS goes to the upstream unterminated, routed by the
+//! SNI of its ClientHello, bytes unchanged both ways; through the kernel (`--bpf-classifier
+//! on`: `passthrough=kernel`) and through userspace (`passthrough=userspace`). No client
+//! certificate at replink: the client here sends a ClientHello from the corpus and then raw
+//! bytes, which replink must carry without looking.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rand::{RngCore, SeedableRng};
+use replink_tests::*;
+use sha2::{Digest, Sha256};
+
+const SNI: &str = "pg.repl.test";
+
+fn hello() -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ebpf/corpus/routed-rustls-exact.bin");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut v = vec![0; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// What the upstream saw on one connection.
+#[derive(Debug)]
+struct Seen {
+    /// SHA-256 of everything it read (ClientHello included), and how many bytes.
+    digest: Vec<u8>,
+    len: usize,
+    /// How its read ended: `Ok` at end of stream, else the error kind.
+    end: Result<(), std::io::ErrorKind>,
+}
+
+/// An upstream that reads each connection to its end (digesting) while it writes `down` and
+/// then half-closes; reports what it read.
+fn upstream(down: Vec<u8>) -> (SocketAddr, mpsc::Receiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (tx, down) = (tx.clone(), down.clone());
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().expect("clone");
+                let w = std::thread::spawn(move || {
+                    let _ = writer.write_all(&down);
+                    let _ = writer.shutdown(Shutdown::Write);
+                });
+                let mut h = Sha256::new();
+                let mut len = 0;
+                let mut buf = vec![0; 64 * 1024];
+                let end = loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            h.update(&buf[..n]);
+                            len += n;
+                        }
+                        Err(e) => break Err(e.kind()),
+                    }
+                };
+                let _ = w.join();
+                let _ = tx.send(Seen {
+                    digest: h.finalize().to_vec(),
+                    len,
+                    end,
+                });
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn reverse_with(pki: &Pki, upstream: SocketAddr, bpf: bool) -> ReplinkProcess {
+    let mut args = strings(&["reverse-proxy", "--listen", "127.0.0.1:0", "--route"]);
+    args.push(format!("{SNI}={upstream}:passthrough"));
+    args.extend(pki.server_args());
+    if bpf {
+        args.extend(strings(&["--bpf-classifier", "on"]));
+    }
+    ReplinkProcess::spawn(&args)
+}
+
+/// ClientHello and `up` sent, half-closed, `down` read to the end: both byte-exact, through
+/// the kernel and through userspace, and the log lines and counters say which path.
+#[test]
+fn passthrough_carries_bytes_exactly_through_the_kernel_and_userspace() {
+    let pki = Pki::new();
+    let seed = run_seed() ^ 0x9a55;
+    let hello = hello();
+    for (i, bpf) in [true, false].into_iter().enumerate() {
+        let up = bytes(seed + i as u64, 3 << 20);
+        let down = bytes(seed + 10 + i as u64, 5 << 20);
+        let (upstream_addr, seen) = upstream(down.clone());
+        let reverse = reverse_with(&pki, upstream_addr, bpf);
+        if bpf {
+            reverse.wait_count("bpf_classifier=loaded", 1);
+        }
+        let mut client = TcpStream::connect(reverse.addr()).expect("connect");
+        client.set_read_timeout(Some(patience())).expect("timeout");
+        // Like a TLS client: the ClientHello, then nothing until the server has answered.
+        client.write_all(&hello).expect("client hello");
+        let mut got = vec![0; 1];
+        client
+            .read_exact(&mut got)
+            .expect("the upstream's first byte");
+        let mut writer = client.try_clone().expect("clone");
+        let sent = up.clone();
+        let w = std::thread::spawn(move || {
+            writer.write_all(&sent).expect("client write");
+            writer.shutdown(Shutdown::Write).expect("half-close");
+        });
+        client.read_to_end(&mut got).expect("client read to end");
+        w.join().expect("writer");
+        assert_eq!(
+            got.len(),
+            down.len(),
+            "bytes upstream -> client (bpf {bpf})"
+        );
+        assert!(got == down, "upstream -> client bytes differ (bpf {bpf})");
+        let s = seen.recv_timeout(patience()).expect("upstream report");
+        let want = Sha256::digest([hello.clone(), up.clone()].concat()).to_vec();
+        assert_eq!(
+            s.end,
+            Ok(()),
+            "upstream's read ended with an error (bpf {bpf})"
+        );
+        assert_eq!(
+            s.len,
+            hello.len() + up.len(),
+            "bytes client -> upstream (bpf {bpf})"
+        );
+        assert!(
+            s.digest == want,
+            "client -> upstream bytes differ (bpf {bpf})"
+        );
+
+        let path = if bpf { "kernel" } else { "userspace" };
+        reverse.wait_count(r#"closed.*reason="?done"#, 1);
+        let line = reverse.conn_lines().remove(0);
+        assert_eq!(line.get("passthrough"), Some(path), "{}", line.raw);
+        assert_eq!(
+            line.num("wire_in"),
+            (hello.len() + up.len()) as u64,
+            "{}",
+            line.raw
+        );
+        assert_eq!(line.num("wire_out"), down.len() as u64, "{}", line.raw);
+        if bpf {
+            assert_eq!(line.get("bpf"), Some("route"), "{}", line.raw);
+            // The kernel moved all but the ClientHello (userspace wrote that one).
+            let moved = (up.len() + down.len()) as u64;
+            let want = format!("passthrough_bytes={SNI}:");
+            assert_eventually!(
+                reverse
+                    .lines_matching("bpf_counters")
+                    .last()
+                    .is_some_and(|l| {
+                        l.split(&want)
+                            .nth(1)
+                            .and_then(|r| r.split_whitespace().next())
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .is_some_and(|n| n + 4096 >= moved && n <= moved)
+                    }),
+                "bpf_counters should show about {moved} bytes moved for {SNI}:\n{}",
+                reverse.log()
+            );
+        }
+    }
+}
+
+/// A client that resets mid-stream: the upstream sees a reset too, not a clean end (both
+/// paths).
+#[test]
+fn passthrough_passes_a_client_reset_on() {
+    let pki = Pki::new();
+    let hello = hello();
+    for bpf in [true, false] {
+        let (upstream_addr, seen) = upstream(Vec::new());
+        let reverse = reverse_with(&pki, upstream_addr, bpf);
+        if bpf {
+            reverse.wait_count("bpf_classifier=loaded", 1);
+        }
+        let mut client = TcpStream::connect(reverse.addr()).expect("connect");
+        client.write_all(&hello).expect("hello");
+        client.write_all(&[7; 10_000]).expect("data");
+        std::thread::sleep(Duration::from_millis(300));
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger 0");
+        drop(client);
+        let s = seen.recv_timeout(patience()).expect("upstream report");
+        assert_eq!(
+            s.end,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "upstream's read should end in a reset (bpf {bpf}), after {} bytes",
+            s.len
+        );
+        reverse.wait_count(r"closed.*passthrough=", 1);
+    }
+}
+
+/// `openssl s_server -rev` killed when dropped.
+struct SServer(std::process::Child);
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Real TLS end to end through a passthrough route: `openssl s_client` to `openssl s_server`
+/// (which answers each line reversed), verified against the upstream's certificate, both
+/// paths; replink holds no key for it and asks for no client certificate.
+#[test]
+fn openssl_tls_goes_through_unterminated() {
+    let pki = Pki::new();
+    let port = free_port();
+    let p = &pki.files;
+    let server = SServer(
+        std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-rev",
+                "-quiet",
+            ])
+            .args(["-cert", s(&p.server_cert), "-key", s(&p.server_key)])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    assert_eventually!(
+        TcpStream::connect(upstream).is_ok(),
+        "s_server never listened"
+    );
+    for bpf in [true, false] {
+        let reverse = reverse_with(&pki, upstream, bpf);
+        if bpf {
+            reverse.wait_count("bpf_classifier=loaded", 1);
+        }
+        // -quiet implies -ign_eof: s_client waits for the server after its input ends, so it
+        // is stopped by the deadline once the answer is in.
+        let out = s_client(
+            reverse.addr(),
+            SNI,
+            &p.ca_pem,
+            None,
+            &["-quiet", "-verify_return_error"],
+            Input::Bytes(b"hello passthrough\n"),
+            Duration::from_secs(3),
+        );
+        assert!(
+            out.text().contains("hguorhtssap olleh"),
+            "`{}` (bpf {bpf}) did not get the reversed line:\n{}",
+            out.command,
+            out.text()
+        );
+        let path = if bpf { "kernel" } else { "userspace" };
+        reverse.wait_count(&format!("closed.*passthrough=\"?{path}"), 1);
+    }
+    drop(server);
+}
