@@ -43,9 +43,14 @@ impl Watched {
                 .collect(),
             Mode::Forward(f) => vec![(f.sni.clone(), f.target.clone())],
         };
+        let bpf_counters = match &shared.mode {
+            crate::worker::ModeState::Reverse { bpf: Some(b), .. } => b.counters().ok(),
+            _ => None,
+        };
         Snapshot {
             name: self.name.clone(),
             stats: shared.stats.clone(),
+            bpf_counters,
             ktls: shared.ktls,
             bpf: shared.bpf_loaded(),
             cert_not_after: crate::tls::leaf_not_after(&config.tls.cert),
@@ -58,6 +63,8 @@ impl Watched {
 struct Snapshot {
     name: String,
     stats: Arc<Stats>,
+    /// The in-kernel classifier's counters, when it is loaded.
+    bpf_counters: Option<crate::bpf::BpfCounters>,
     ktls: bool,
     bpf: bool,
     /// The certificate's notAfter (Unix seconds), if the file could be read.
@@ -238,6 +245,81 @@ fn histogram(
         let sum = h.sum_micros.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{listener=\"{l}\"}} {sum}");
         let _ = writeln!(out, "{name}_count{{listener=\"{l}\"}} {total}");
+    }
+}
+
+/// The in-kernel classifier's own counters (from its BPF maps).
+fn bpf_counters(out: &mut String, watched: &[Snapshot]) {
+    let loaded: Vec<(String, &crate::bpf::BpfCounters)> = watched
+        .iter()
+        .filter_map(|w| Some((label(&w.name), w.bpf_counters.as_ref()?)))
+        .collect();
+    family(
+        out,
+        "replink_bpf_classified_total",
+        "counter",
+        "Connections the in-kernel classifier sent to each route.",
+    );
+    for (l, c) in &loaded {
+        for (route, n) in &c.routed {
+            let _ = writeln!(
+                out,
+                "replink_bpf_classified_total{{listener=\"{l}\",route=\"{}\"}} {n}",
+                label(route)
+            );
+        }
+    }
+    family(
+        out,
+        "replink_bpf_verdicts_total",
+        "counter",
+        "The classifier's other verdicts: no_route, no_sni, malformed, fragmented, limit.",
+    );
+    for (l, c) in &loaded {
+        for (reason, n) in &c.by_reason {
+            let _ = writeln!(
+                out,
+                "replink_bpf_verdicts_total{{listener=\"{l}\",verdict=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    family(
+        out,
+        "replink_bpf_passthrough_bytes_total",
+        "counter",
+        "Bytes moved in the kernel between client and upstream, per passthrough route.",
+    );
+    for (l, c) in &loaded {
+        for (route, n) in &c.passthrough_bytes {
+            let _ = writeln!(
+                out,
+                "replink_bpf_passthrough_bytes_total{{listener=\"{l}\",route=\"{}\"}} {n}",
+                label(route)
+            );
+        }
+    }
+    family(
+        out,
+        "replink_bpf_refused_in_kernel_total",
+        "counter",
+        "Connections refused on the kernel's verdict.",
+    );
+    for (l, c) in &loaded {
+        let n = c.refused_in_kernel;
+        let _ = writeln!(
+            out,
+            "replink_bpf_refused_in_kernel_total{{listener=\"{l}\"}} {n}"
+        );
+    }
+    family(
+        out,
+        "replink_bpf_mismatches_total",
+        "counter",
+        "Connections the kernel and the userspace parser judged differently.",
+    );
+    for (l, c) in &loaded {
+        let n = c.mismatches;
+        let _ = writeln!(out, "replink_bpf_mismatches_total{{listener=\"{l}\"}} {n}");
     }
 }
 
@@ -451,6 +533,7 @@ pub fn metrics(watched: &[Watched]) -> String {
         |s| &s.handshakes,
     );
     routes(&mut out, watched);
+    bpf_counters(&mut out, watched);
     family(
         &mut out,
         "replink_reloads_total",

@@ -255,13 +255,15 @@ fn watch_reloads_rotated_files() {
 }
 
 /// With the BPF classifier loaded, a reload keeps it (its sock_ops program owns the port):
-/// connections after a SIGHUP are still classified in the kernel (`bpf=route`).
+/// connections after a SIGHUP are still classified in the kernel (`bpf=route`), and the
+/// kernel's per-route counter shows in `/metrics`.
 #[test]
 fn reload_keeps_the_bpf_classifier() {
     let pki = Pki::new();
     let server = StreamServer::start();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let opts = PairOptions {
-        extra_reverse: strings(&["--bpf-classifier", "on"]),
+        extra_reverse: strings(&["--bpf-classifier", "on", "--admin", &admin.to_string()]),
         ..PairOptions::default()
     };
     let (reverse, forward) = start_pair(&pki, server.addr(), &opts);
@@ -272,4 +274,13 @@ fn reload_keeps_the_bpf_classifier() {
     reverse.wait_count(r#"closed .*reason="done""#, 1);
     let line = &reverse.conn_lines()[0];
     assert_eq!(line.get("bpf"), Some("route"), "{}", line.raw);
+    // The kernel's own per-route counter, through /metrics.
+    let metrics = http_get(admin, "/metrics");
+    let needle =
+        format!("replink_bpf_classified_total{{listener=\"reverse\",route=\"{ROUTE}\"}} 1");
+    assert!(metrics.contains(&needle), "{needle}\n{metrics}");
+    assert!(
+        metrics.contains("replink_bpf_mismatches_total{listener=\"reverse\"} 0"),
+        "{metrics}"
+    );
 }
