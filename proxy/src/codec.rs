@@ -295,6 +295,25 @@ mod tests {
             .is_err());
     }
 
+    /// Found with the zstd_decoder fuzz target's heap check: a 23-byte zstd v0.7 (legacy)
+    /// frame declaring a 128 MiB window decoded fine after the decoder malloc'ed 128 MiB, as
+    /// zstd's legacy decoders ignore `WindowLogMax`. Legacy support is compiled out now
+    /// (zstd-safe without default features); this fails if a feature brings it back.
+    #[test]
+    fn fuzz_zstd_decoder_legacy_frame_window() {
+        let frame = [
+            &[0x27, 0xb5, 0x2f, 0xfd, 0x00, 0x88][..], // v0.7 magic, window log 27
+            &[0x40, 0x00, 0x0a],                       // a raw block of 10 bytes
+            b"0123456789",
+            &[0xc0, 0x00, 0x00], // end of frame
+        ]
+        .concat();
+        let mut dec = ZstdDecoder::new();
+        let mut out = Vec::with_capacity(1024);
+        assert!(dec.decompress(&frame, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
     #[test]
     fn huge_window_is_refused() {
         // A frame header declaring a 2 GiB window (Window_Descriptor exponent 21 + 10 = 31).
