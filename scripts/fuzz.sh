@@ -6,16 +6,18 @@
 #
 # FUZZ_SANITIZER: none (default, stable Rust) or address (AddressSanitizer; needs nightly).
 # cargo-fuzz needs nightly only for -Zsanitizer; the code fuzzed here is safe Rust
-# (#![deny(unsafe_code)]) plus libzstd, which cc builds without ASan either way, so stable
-# with `-s none` loses little. New corpus entries go to tests/fuzz/corpus/TARGET and crashes
-# to tests/fuzz/artifacts/TARGET (both ignored by git); the seeds in the repository are read,
-# never written. Installs g++, linux-libc-dev and cargo-fuzz when missing.
+# (#![deny(unsafe_code)]) plus C (libzstd, the BPF walk) that cc builds with coverage but
+# without ASan either way, so stable with `-s none` loses little. New corpus entries go to
+# tests/fuzz/corpus/TARGET and crashes to tests/fuzz/artifacts/TARGET (both ignored by git);
+# the seeds in the repository are read, never written. Installs g++, linux-libc-dev, clang
+# and cargo-fuzz when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/debian-deps.sh
-# libFuzzer is C++; client_hello_vs_bpf compiles the BPF walk for the host (<linux/bpf.h>).
-need_debian g++ g++ /usr/include/linux/bpf.h linux-libc-dev
+# libFuzzer is C++; client_hello_vs_bpf compiles the BPF walk for the host (<linux/bpf.h>);
+# clang gives the C code coverage instrumentation (below).
+need_debian g++ g++ /usr/include/linux/bpf.h linux-libc-dev clang clang
 
 CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -qF "cargo-fuzz $CARGO_FUZZ_VERSION"; then
@@ -33,6 +35,12 @@ if [ "$sanitizer" != none ]; then
     fi
     toolchain=(+nightly)
 fi
+
+# cargo-fuzz instruments only Rust. The C that the targets run (libzstd, the BPF walk) is built
+# by the cc crate; clang with -fsanitize=fuzzer-no-link gives libFuzzer its coverage too
+# (measured on zstd_decoder, 30 s: 56 edges without, 1116 with).
+triple=$(rustc -vV | sed -n 's/^host: //p')
+export "CC_${triple//-/_}=clang" "CFLAGS_${triple//-/_}=-fsanitize=fuzzer-no-link"
 
 target_dir=target/fuzz
 [ "$sanitizer" = none ] || target_dir=target/fuzz-$sanitizer
