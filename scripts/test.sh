@@ -2,7 +2,8 @@
 # Runs every test of the workspace against real peers.
 # Installs the Debian packages the tests start (openssl, redis, rsync, postgresql; qemu, busybox-static,
 # kmod and musl-tools for the kTLS VM) when missing, then runs
-# `cargo test --workspace`. Extra arguments go to cargo test.
+# `cargo test --workspace`, then a short run of every fuzz target (scripts/fuzz.sh: FUZZ_SECONDS
+# each, default 20; FUZZ_SECONDS=0 skips it). Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,8 @@ set -e
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "workspace: %d passed, %d failed\n", p, f }' "$log"
+
+if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+    scripts/fuzz.sh || status=1
+fi
 exit "$status"

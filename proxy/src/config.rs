@@ -393,10 +393,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    // try_: from_secs_f64 panics past Duration::MAX (found by the `config` fuzz target).
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid duration"))
 }
 
 /// A byte size: a number with an optional unit (B, KiB, MiB, GiB, TiB; KB, MB, GB, TB in
@@ -463,6 +461,16 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    /// The `config` fuzz target's first find: 26 digits of seconds panicked in
+    /// `Duration::from_secs_f64` (too large for a Duration) instead of being refused.
+    #[test]
+    fn fuzz_config_duration_past_duration_max() {
+        assert!(parse_duration("66666666666666666666666666.").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration(&"9".repeat(400)).is_err(), "infinite as f64");
+        assert!(parse_duration("-1").is_err());
     }
 
     #[test]

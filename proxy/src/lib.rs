@@ -38,6 +38,15 @@ mod sys;
 pub mod tls;
 mod worker;
 
+/// The private parsers that face peers, for the fuzz targets in `tests/fuzz` only (feature
+/// `fuzzing`, off by default). Not an API: it changes with the modules it re-exports.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use crate::codec::{CodecError, Sink, ZstdDecoder, ZstdEncoder, WINDOW_LOG_MAX};
+    pub use crate::pg::{Arrival, Next, Plaintext, Preamble, PreambleError};
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
