@@ -452,6 +452,16 @@ async fn reverse(
     };
     info.route = Some(route.name.clone());
     if route.kind == RouteKind::Passthrough {
+        // libpq's SSLRequest was answered here, so a PostgreSQL upstream would get a
+        // ClientHello where it expects the SSLRequest: refused, with the reason, rather than
+        // failing at the upstream.
+        if preamble.is_libpq() {
+            if let Some(k) = in_kernel {
+                k.check.release(k.cookie);
+            }
+            send_plain_alert(&mut client, AlertDescription::HandshakeFailure).await;
+            return Err(ConnError::LibpqOnPassthrough(route.name.clone()));
+        }
         // No TLS at replink: the upstream terminates it (and authenticates the client).
         let connected = connect(&route.target, shared.config.connect_timeout, shared, info).await;
         let (upstream, endpoint) = match connected {

@@ -86,6 +86,11 @@ pub enum ConnError {
     Kernel(String),
     #[error("no allow rule of route {0} matches the client certificate")]
     AccessDenied(String),
+    #[error(
+        "route {0} is passthrough, and the client began with libpq's SSLRequest (replink \
+         answered it; a passthrough upstream would not get it): use a :postgres route"
+    )]
+    LibpqOnPassthrough(String),
 }
 
 impl From<rustls::Error> for ConnError {
@@ -120,6 +125,7 @@ impl ConnError {
             ConnError::NotPostgresRoute(_) => "not_postgres_route",
             ConnError::Kernel(_) => "ktls_error",
             ConnError::AccessDenied(_) => "access_denied",
+            ConnError::LibpqOnPassthrough(_) => "libpq_on_passthrough",
         }
     }
 }

@@ -273,3 +273,51 @@ fn openssl_tls_goes_through_unterminated() {
     }
     drop(server);
 }
+
+/// On a listener that also has a `:postgres` route, libpq's SSLRequest is answered by replink;
+/// a client that then asks for a passthrough route is refused with the reason
+/// (`libpq_on_passthrough`) and never reaches that upstream, while a client starting with its
+/// ClientHello still goes through the same passthrough route.
+#[test]
+fn libpq_preamble_is_not_passed_to_a_passthrough_route() {
+    let pki = Pki::new();
+    let (up, seen) = upstream(bytes(7, 1000));
+    let mut args = strings(&["reverse-proxy", "--listen", "127.0.0.1:0", "--route"]);
+    args.push(format!("{SNI}={up}:passthrough"));
+    args.push("--route".into());
+    args.push("pgdb.repl.test=127.0.0.1:9:postgres".into());
+    args.extend(pki.server_args());
+    let reverse = ReplinkProcess::spawn(&args);
+    let out = run_cmd(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &reverse.addr().to_string(),
+            "-starttls",
+            "postgres",
+            "-servername",
+            SNI,
+            "-brief",
+        ],
+        Input::Null,
+        Duration::from_secs(20),
+    );
+    assert!(!out.success(), "{}", out.text());
+    reverse.wait_count(r#"refused .*reason="libpq_on_passthrough""#, 1);
+    assert!(
+        seen.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the upstream got a connection"
+    );
+    // A plain TLS client (ClientHello first) still passes through.
+    let mut c = TcpStream::connect(reverse.addr()).unwrap();
+    c.write_all(&hello()).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, bytes(7, 1000));
+    let s = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the upstream saw the client");
+    assert_eq!(s.len, hello().len());
+}
