@@ -115,7 +115,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     match &result {
         Ok(()) => tracing::info!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over, passthrough,
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), ktls_fallback = t.ktls_fallback.get().unwrap_or("-"), failed_over = info.failed_over, passthrough,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = "done", "closed"
@@ -131,7 +131,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         ),
         Err(e) => tracing::warn!(
             %peer, route, peer_cert = subject, upstream, zstd = info.compressed, resumed = info.resumed,
-            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), failed_over = info.failed_over, passthrough,
+            alpn, %pg_preamble, bpf = %info.bpf, cipher, ktls = t.ktls(), ktls_fallback = t.ktls_fallback.get().unwrap_or("-"), failed_over = info.failed_over, passthrough,
             plain_to_tls = t.plain_to_tls.get(), wire_out = t.wire_out.get(),
             wire_in = t.wire_in.get(), tls_to_plain = t.tls_to_plain.get(),
             duration_ms = dur_ms, reason = e.reason(), error = %e, "closed"

@@ -144,6 +144,8 @@ pub struct Traffic {
     /// The kernel sealed (`ktls_tx`) / opened (`ktls_rx`) this connection's records.
     pub ktls_tx: Cell<bool>,
     pub ktls_rx: Cell<bool>,
+    /// Why a direction stayed in userspace although kTLS was on (`ktls_fallback=`).
+    pub ktls_fallback: Cell<Option<&'static str>>,
 }
 
 impl Traffic {
@@ -370,11 +372,17 @@ fn offload(
 ) -> (Option<KernelKeys>, Option<CryptoInfo>) {
     let Some(rx) = CryptoInfo::new(est.version, &est.rx.1) else {
         tracing::debug!("ktls: cipher not offloadable, records stay in userspace");
+        traffic.ktls_fallback.set(Some("cipher"));
         return (None, None);
     };
     let fd = tls.as_raw_fd();
     if let Err(e) = sys::set_tcp_ulp(sys::borrow_fd(tls), "tls") {
         tracing::debug!(error = %e, "ktls: TCP_ULP tls refused, records stay in userspace");
+        // ENOTCONN: the peer had already half-closed (the ULP needs an established socket).
+        traffic.ktls_fallback.set(Some(match e.raw_os_error() {
+            Some(libc::ENOTCONN) => "not_established",
+            _ => "ulp_refused",
+        }));
         return (None, None);
     }
     match KernelKeys::install(fd, Direction::Tx, est.version, est.tx.0, &est.tx.1, 0) {
@@ -385,6 +393,7 @@ fn offload(
         Err(e) => {
             // The ULP without keys passes bytes through unchanged: userspace both ways.
             tracing::debug!(error = %e, "ktls: TLS_TX refused, records stay in userspace");
+            traffic.ktls_fallback.set(Some("tx_refused"));
             (None, None)
         }
     }
@@ -1043,6 +1052,7 @@ impl OpenPump<'_> {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "ktls: TLS_RX refused, records stay in userspace");
+                link.traffic.ktls_fallback.set(Some("rx_refused"));
                 false
             }
         }

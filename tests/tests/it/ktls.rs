@@ -279,6 +279,7 @@ sleep 0.5
             for line in &closed {
                 for needle in [
                     "ktls=\"tx+rx\"",
+                    "ktls_fallback=\"-\"",
                     "reason=\"done\"",
                     &format!("cipher=\"{suite}\""),
                     &format!("zstd={}", comp == "zstd"),
