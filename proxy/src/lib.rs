@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use bpf::BpfCounters;
 pub use codec::{ENCODER_WINDOW_LOG as ZSTD_WINDOW_LOG, FRAME_INPUT as ZSTD_FRAME_INPUT};
 pub use config::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode};
-pub use worker::{check, start, Driver, ProxyHandle};
+pub use worker::{check, start, Driver, ProxyHandle, Reload};
 
 /// Errors that stop a listener from starting. Per-connection failures are logged, not returned.
 #[derive(Debug, thiserror::Error)]

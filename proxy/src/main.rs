@@ -287,15 +287,19 @@ fn init_logging(default: &str, format: LogFormat) {
     }
 }
 
-/// A quick-mode command line: printed as a config file (`--print-config`), or served.
+/// A quick-mode command line as a one-listener service: printed as a config file
+/// (`--print-config`), or served.
 fn quick(
-    config: ListenerConfig,
     kind: &str,
-    print_config: bool,
-    shutdown_timeout: Duration,
-    admin: Option<SocketAddr>,
-    watch: bool,
+    common: Common,
+    listen: SocketAddr,
+    mode: Mode,
+    tune: impl FnOnce(&mut ListenerConfig),
 ) -> anyhow::Result<()> {
+    let (print_config, watch) = (common.print_config, common.watch);
+    let (shutdown_timeout, admin) = (common.shutdown_timeout, common.admin);
+    let mut config = common.into_config(listen, mode);
+    tune(&mut config);
     let service = ServiceConfig {
         log_level: None,
         shutdown_timeout,
@@ -313,6 +317,7 @@ fn quick(
 }
 
 /// Where a reload (SIGHUP) reads the configuration from.
+#[derive(Clone)]
 enum Source {
     File(PathBuf),
     /// The command line: the same settings, with certificates, keys, CAs and CRLs read again.
@@ -336,16 +341,19 @@ fn reload(handles: &[(String, ProxyHandle)], source: &Source) -> anyhow::Result<
             new.join(", ")
         );
     }
-    for l in &service.listeners {
-        replink::check(&l.config).with_context(|| format!("listener {:?}", l.name))?;
-    }
+    // Every listener's new state is built (and checked) before any is applied: all or nothing.
+    let mut prepared = Vec::new();
     for l in service.listeners {
         let Some((_, handle)) = handles.iter().find(|(n, _)| *n == l.name) else {
             continue;
         };
-        handle
-            .reload(l.config)
+        let next = handle
+            .prepare_reload(l.config)
             .with_context(|| format!("listener {:?}", l.name))?;
+        prepared.push((handle, next));
+    }
+    for (handle, next) in prepared {
+        handle.apply(next);
     }
     Ok(())
 }
@@ -413,10 +421,7 @@ fn watch_files(source: &Source) -> anyhow::Result<()> {
             })
             .collect()
     };
-    let source = match source {
-        Source::File(p) => Source::File(p.clone()),
-        Source::Flags(s) => Source::Flags(s.clone()),
-    };
+    let source = source.clone();
     let mut seen = look(&watched_files(&source));
     std::thread::Builder::new()
         .name("watch".into())
@@ -574,23 +579,9 @@ fn run() -> anyhow::Result<()> {
             common,
         } => {
             attach_allows(&mut routes, allows)?;
-            let (print, shutdown_timeout, admin, watch) = (
-                common.print_config,
-                common.shutdown_timeout,
-                common.admin,
-                common.watch,
-            );
-            quick(
-                ListenerConfig {
-                    bpf_classifier,
-                    ..common.into_config(listen, Mode::Reverse { routes })
-                },
-                "reverse",
-                print,
-                shutdown_timeout,
-                admin,
-                watch,
-            )
+            quick("reverse", common, listen, Mode::Reverse { routes }, |c| {
+                c.bpf_classifier = bpf_classifier
+            })
         }
         Command::ForwardProxy {
             listen,
@@ -599,27 +590,12 @@ fn run() -> anyhow::Result<()> {
             server_name,
             common,
         } => {
-            let (print, shutdown_timeout, admin, watch) = (
-                common.print_config,
-                common.shutdown_timeout,
-                common.admin,
-                common.watch,
-            );
-            quick(
-                common.into_config(
-                    listen,
-                    Mode::Forward(ForwardTarget {
-                        target,
-                        sni,
-                        server_name,
-                    }),
-                ),
-                "forward",
-                print,
-                shutdown_timeout,
-                admin,
-                watch,
-            )
+            let target = ForwardTarget {
+                target,
+                sni,
+                server_name,
+            };
+            quick("forward", common, listen, Mode::Forward(target), |_| {})
         }
         Command::Demo(args) => demo::run(args),
         Command::Run { config, watch } => run_service(&config, cli.log_format, watch),

@@ -171,6 +171,9 @@ pub struct ProxyHandle {
 /// the one current then, and a connection keeps the state it started with to its end.
 pub type Current = Arc<RwLock<Arc<Shared>>>;
 
+/// A listener's next state, checked and built by [`ProxyHandle::prepare_reload`].
+pub struct Reload(Arc<Shared>);
+
 /// The state for the next connection.
 pub fn current(c: &Current) -> Arc<Shared> {
     c.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -203,11 +206,11 @@ impl ProxyHandle {
         self.current.clone()
     }
 
-    /// Applies a new configuration to new connections: certificates, keys, CA bundles, CRLs,
-    /// routes, allow rules, upstreams and options are loaded and checked first; on any error
-    /// the running state is kept. Established connections keep theirs. The listening address,
-    /// mode, worker count and io driver cannot change without a restart.
-    pub fn reload(&self, config: ListenerConfig) -> Result<(), Error> {
+    /// Builds the state a new configuration gives new connections: certificates, keys, CA
+    /// bundles, CRLs, routes, allow rules, upstreams and options, loaded and checked. Nothing
+    /// changes until [`ProxyHandle::apply`]; on an error the running state simply stays. The
+    /// listening address, mode, worker count and io driver cannot change without a restart.
+    pub fn prepare_reload(&self, config: ListenerConfig) -> Result<Reload, Error> {
         config.validate()?;
         let old = current(&self.current);
         let restart = |what: &str| {
@@ -254,14 +257,17 @@ impl ProxyHandle {
             *bpf = old_bpf;
         }
         let ktls = ktls::check(config.ktls)?;
-        let new = Arc::new(Shared {
+        Ok(Reload(Arc::new(Shared {
             config,
             ktls,
             mode,
             stats: old.stats.clone(),
-        });
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
-        Ok(())
+        })))
+    }
+
+    /// Gives new connections the prepared state; established connections keep theirs.
+    pub fn apply(&self, reload: Reload) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = reload.0;
     }
 
     /// Connections still open.
