@@ -6,6 +6,7 @@
 //! (a scrape every few seconds) and must not touch the data plane's cores. Everything it
 //! reports comes from the listeners' [`Stats`](crate::Stats), read with relaxed atomics.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -248,136 +249,135 @@ fn histogram(
     }
 }
 
+/// A label set, `k="v",…`, with the values escaped.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let set: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+        .collect();
+    set.join(",")
+}
+
+/// One metric family: its HELP and TYPE lines, then a line per (label set, value).
+fn metric<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    family(out, name, kind, help);
+    for (set, value) in samples {
+        let _ = if set.is_empty() {
+            writeln!(out, "{name} {value}")
+        } else {
+            writeln!(out, "{name}{{{set}}} {value}")
+        };
+    }
+}
+
 /// The in-kernel classifier's own counters (from its BPF maps).
 fn bpf_counters(out: &mut String, watched: &[Snapshot]) {
-    let loaded: Vec<(String, &crate::bpf::BpfCounters)> = watched
+    let loaded: Vec<(&str, &crate::bpf::BpfCounters)> = watched
         .iter()
-        .filter_map(|w| Some((label(&w.name), w.bpf_counters.as_ref()?)))
+        .filter_map(|w| Some((w.name.as_str(), w.bpf_counters.as_ref()?)))
         .collect();
-    family(
+    let per_route = |pick: fn(&crate::bpf::BpfCounters) -> &BTreeMap<String, u64>| {
+        let rows = loaded.iter().flat_map(move |(l, c)| {
+            pick(c)
+                .iter()
+                .map(move |(route, n)| (labels(&[("listener", l), ("route", route)]), *n))
+        });
+        rows.collect::<Vec<_>>()
+    };
+    metric(
         out,
         "replink_bpf_classified_total",
         "counter",
         "Connections the in-kernel classifier sent to each route.",
+        per_route(|c| &c.routed),
     );
-    for (l, c) in &loaded {
-        for (route, n) in &c.routed {
-            let _ = writeln!(
-                out,
-                "replink_bpf_classified_total{{listener=\"{l}\",route=\"{}\"}} {n}",
-                label(route)
-            );
-        }
-    }
-    family(
+    metric(
         out,
         "replink_bpf_verdicts_total",
         "counter",
         "The classifier's other verdicts: no_route, no_sni, malformed, fragmented, limit.",
+        loaded.iter().flat_map(|(l, c)| {
+            c.by_reason
+                .iter()
+                .map(move |(v, n)| (labels(&[("listener", l), ("verdict", v)]), *n))
+        }),
     );
-    for (l, c) in &loaded {
-        for (reason, n) in &c.by_reason {
-            let _ = writeln!(
-                out,
-                "replink_bpf_verdicts_total{{listener=\"{l}\",verdict=\"{reason}\"}} {n}"
-            );
-        }
-    }
-    family(
+    metric(
         out,
         "replink_bpf_passthrough_bytes_total",
         "counter",
         "Bytes moved in the kernel between client and upstream, per passthrough route.",
+        per_route(|c| &c.passthrough_bytes),
     );
-    for (l, c) in &loaded {
-        for (route, n) in &c.passthrough_bytes {
-            let _ = writeln!(
-                out,
-                "replink_bpf_passthrough_bytes_total{{listener=\"{l}\",route=\"{}\"}} {n}",
-                label(route)
-            );
-        }
-    }
-    family(
+    metric(
         out,
         "replink_bpf_refused_in_kernel_total",
         "counter",
         "Connections refused on the kernel's verdict.",
+        loaded
+            .iter()
+            .map(|(l, c)| (labels(&[("listener", l)]), c.refused_in_kernel)),
     );
-    for (l, c) in &loaded {
-        let n = c.refused_in_kernel;
-        let _ = writeln!(
-            out,
-            "replink_bpf_refused_in_kernel_total{{listener=\"{l}\"}} {n}"
-        );
-    }
-    family(
+    metric(
         out,
         "replink_bpf_mismatches_total",
         "counter",
         "Connections the kernel and the userspace parser judged differently.",
+        loaded
+            .iter()
+            .map(|(l, c)| (labels(&[("listener", l)]), c.mismatches)),
     );
-    for (l, c) in &loaded {
-        let n = c.mismatches;
-        let _ = writeln!(out, "replink_bpf_mismatches_total{{listener=\"{l}\"}} {n}");
-    }
 }
 
 /// Per-route counters, and the upstream endpoint each route used last.
 fn routes(out: &mut String, watched: &[Snapshot]) {
-    let rows: Vec<(String, String, crate::RouteStats)> = watched
+    let rows: Vec<(&str, String, crate::RouteStats)> = watched
         .iter()
         .flat_map(|w| {
             let routes = w.stats.routes.lock().unwrap_or_else(|e| e.into_inner());
             routes
                 .iter()
-                .map(|(r, s)| (label(&w.name), label(r), s.clone()))
+                .map(|(r, s)| (w.name.as_str(), r.clone(), s.clone()))
                 .collect::<Vec<_>>()
         })
         .collect();
-    family(
+    let by = |key: &'static str, pick: fn(&crate::RouteStats) -> [(&'static str, u64); 2]| {
+        rows.iter()
+            .flat_map(move |(l, r, s)| {
+                pick(s).map(|(v, n)| (labels(&[("listener", l), ("route", r), (key, v)]), n))
+            })
+            .collect::<Vec<_>>()
+    };
+    metric(
         out,
         "replink_route_connections_total",
         "counter",
         "Established connections per route, by outcome.",
+        by("outcome", |s| [("done", s.done), ("failed", s.failed)]),
     );
-    for (l, r, s) in &rows {
-        for (outcome, n) in [("done", s.done), ("failed", s.failed)] {
-            let _ = writeln!(
-                out,
-                "replink_route_connections_total{{listener=\"{l}\",route=\"{r}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-    }
-    family(
+    metric(
         out,
         "replink_route_bytes_total",
         "counter",
         "Plaintext bytes per route: plain_in (towards the TLS side), plain_out (delivered from it).",
+        by("direction", |s| [("plain_in", s.plain_in), ("plain_out", s.plain_out)]),
     );
-    for (l, r, s) in &rows {
-        for (dir, n) in [("plain_in", s.plain_in), ("plain_out", s.plain_out)] {
-            let _ = writeln!(
-                out,
-                "replink_route_bytes_total{{listener=\"{l}\",route=\"{r}\",direction=\"{dir}\"}} {n}"
-            );
-        }
-    }
-    family(
+    metric(
         out,
         "replink_route_upstream_info",
         "gauge",
         "The upstream endpoint of the route that answered last (value 1).",
+        rows.iter().filter_map(|(l, r, s)| {
+            let u = s.upstream.as_deref()?;
+            Some((labels(&[("listener", l), ("route", r), ("upstream", u)]), 1))
+        }),
     );
-    for (l, r, s) in &rows {
-        if let Some(u) = &s.upstream {
-            let _ = writeln!(
-                out,
-                "replink_route_upstream_info{{listener=\"{l}\",route=\"{r}\",upstream=\"{}\"}} 1",
-                label(u)
-            );
-        }
-    }
 }
 
 /// The Prometheus text exposition of every listener's counters.
@@ -386,180 +386,152 @@ pub fn metrics(watched: &[Watched]) -> String {
     let snaps: Vec<Snapshot> = watched.iter().map(Watched::now).collect();
     let watched = &snaps[..];
     let mut out = String::new();
-    let each = |out: &mut String, name: &str, f: &dyn Fn(&Snapshot) -> String| {
-        for w in watched {
-            let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", label(&w.name), f(w));
-        }
+    let out = &mut out;
+    // One sample per listener.
+    let each = |f: &dyn Fn(&Snapshot) -> String| {
+        watched
+            .iter()
+            .map(|w| (labels(&[("listener", &w.name)]), f(w)))
+            .collect::<Vec<_>>()
     };
-    family(
-        &mut out,
+    // Several per listener, told apart by `key`.
+    let split = |key: &'static str, f: &dyn Fn(&Snapshot) -> Vec<(&'static str, u64)>| {
+        watched
+            .iter()
+            .flat_map(|w| {
+                f(w).into_iter()
+                    .map(|(v, n)| (labels(&[("listener", &w.name), (key, v)]), n))
+            })
+            .collect::<Vec<_>>()
+    };
+    metric(
+        out,
         "replink_connections_open",
         "gauge",
         "Connections open now.",
+        each(&|w| w.stats.active.load(Relaxed).to_string()),
     );
-    each(&mut out, "replink_connections_open", &|w| {
-        w.stats.active.load(Relaxed).to_string()
-    });
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_connections_total",
         "counter",
         "Connections closed, by outcome: done (clean end), failed (established, then broken), refused (before or during the handshake).",
+        split("outcome", &|w| {
+            let s = &w.stats;
+            let failed = s.failed.load(Relaxed);
+            vec![
+                ("done", s.established.load(Relaxed).saturating_sub(failed)),
+                ("failed", failed),
+                ("refused", s.refused.load(Relaxed)),
+            ]
+        }),
     );
-    for w in watched {
-        let s = &w.stats;
-        let established = s.established.load(Relaxed);
-        let failed = s.failed.load(Relaxed);
-        let l = label(&w.name);
-        for (outcome, n) in [
-            ("done", established.saturating_sub(failed)),
-            ("failed", failed),
-            ("refused", s.refused.load(Relaxed)),
-        ] {
-            let _ = writeln!(
-                out,
-                "replink_connections_total{{listener=\"{l}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-    }
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_connection_errors_total",
         "counter",
         "Connections that ended badly, by reason (handshake failures: no_certificate, unknown_ca, certificate_revoked, certificate_expired, access_denied, unknown_sni, protocol, ...).",
+        split("reason", &|w| {
+            let reasons = w.stats.reasons.lock().unwrap_or_else(|e| e.into_inner());
+            reasons.iter().map(|(r, n)| (*r, *n)).collect()
+        }),
     );
-    for w in watched {
-        let reasons = w.stats.reasons.lock().unwrap_or_else(|e| e.into_inner());
-        for (reason, n) in reasons.iter() {
-            let _ = writeln!(
-                out,
-                "replink_connection_errors_total{{listener=\"{}\",reason=\"{reason}\"}} {n}",
-                label(&w.name)
-            );
-        }
-    }
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_bytes_total",
         "counter",
         "Bytes moved: plain_in (read from the plaintext leg), wire_out (TLS sent), wire_in (TLS received), plain_out (written to the plaintext leg).",
+        split("direction", &|w| {
+            let s = &w.stats;
+            vec![
+                ("plain_in", s.plain_to_tls.load(Relaxed)),
+                ("wire_out", s.wire_out.load(Relaxed)),
+                ("wire_in", s.wire_in.load(Relaxed)),
+                ("plain_out", s.tls_to_plain.load(Relaxed)),
+            ]
+        }),
     );
-    for w in watched {
-        let s = &w.stats;
-        for (dir, c) in [
-            ("plain_in", &s.plain_to_tls),
-            ("wire_out", &s.wire_out),
-            ("wire_in", &s.wire_in),
-            ("plain_out", &s.tls_to_plain),
-        ] {
-            let _ = writeln!(
-                out,
-                "replink_bytes_total{{listener=\"{}\",direction=\"{dir}\"}} {}",
-                label(&w.name),
-                c.load(Relaxed)
-            );
-        }
-    }
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_compression_ratio",
         "gauge",
         "Plaintext bytes per TLS byte over closed connections (1 without compression).",
+        each(&|w| {
+            let s = &w.stats;
+            let plain = s.plain_to_tls.load(Relaxed) + s.tls_to_plain.load(Relaxed);
+            let wire = s.wire_out.load(Relaxed) + s.wire_in.load(Relaxed);
+            if wire == 0 {
+                "1".into()
+            } else {
+                format!("{:.4}", plain as f64 / wire as f64)
+            }
+        }),
     );
-    each(&mut out, "replink_compression_ratio", &|w| {
-        let s = &w.stats;
-        let plain = s.plain_to_tls.load(Relaxed) + s.tls_to_plain.load(Relaxed);
-        let wire = s.wire_out.load(Relaxed) + s.wire_in.load(Relaxed);
-        if wire == 0 {
-            "1".into()
-        } else {
-            format!("{:.4}", plain as f64 / wire as f64)
-        }
-    });
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_ktls_enabled",
         "gauge",
         "1 when connections move to kernel TLS.",
+        each(&|w| u8::from(w.ktls).to_string()),
     );
-    each(&mut out, "replink_ktls_enabled", &|w| {
-        u8::from(w.ktls).to_string()
-    });
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_ktls_connections_total",
         "counter",
         "Connections whose records the kernel sealed and opened.",
+        each(&|w| w.stats.ktls.load(Relaxed).to_string()),
     );
-    each(&mut out, "replink_ktls_connections_total", &|w| {
-        w.stats.ktls.load(Relaxed).to_string()
-    });
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_bpf_classifier_loaded",
         "gauge",
         "1 when the in-kernel SNI classifier is loaded (reverse listeners).",
+        each(&|w| u8::from(w.bpf).to_string()),
     );
-    each(&mut out, "replink_bpf_classifier_loaded", &|w| {
-        u8::from(w.bpf).to_string()
-    });
-    family(
-        &mut out,
+    metric(
+        out,
         "replink_certificate_expiry_timestamp_seconds",
         "gauge",
         "notAfter of the listener's certificate (Unix time).",
+        watched
+            .iter()
+            .filter_map(|w| Some((labels(&[("listener", &w.name)]), w.cert_not_after?))),
     );
-    for w in watched {
-        if let Some(t) = w.cert_not_after {
-            let _ = writeln!(
-                out,
-                "replink_certificate_expiry_timestamp_seconds{{listener=\"{}\"}} {t}",
-                label(&w.name)
-            );
-        }
-    }
     histogram(
-        &mut out,
+        out,
         "replink_connection_duration_seconds",
         "Lifetime of closed connections.",
         watched,
         |s| &s.durations,
     );
     histogram(
-        &mut out,
+        out,
         "replink_handshake_duration_seconds",
         "TLS handshake latency.",
         watched,
         |s| &s.handshakes,
     );
-    routes(&mut out, watched);
-    bpf_counters(&mut out, watched);
-    family(
-        &mut out,
+    routes(out, watched);
+    bpf_counters(out, watched);
+    metric(
+        out,
         "replink_reloads_total",
         "counter",
         "Reloads (SIGHUP) by result.",
+        [
+            (labels(&[("result", "ok")]), RELOADS.ok.load(Relaxed)),
+            (
+                labels(&[("result", "failed")]),
+                RELOADS.failed.load(Relaxed),
+            ),
+        ],
     );
-    let _ = writeln!(
+    metric(
         out,
-        "replink_reloads_total{{result=\"ok\"}} {}",
-        RELOADS.ok.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "replink_reloads_total{{result=\"failed\"}} {}",
-        RELOADS.failed.load(Relaxed)
-    );
-    family(
-        &mut out,
         "replink_last_reload_success",
         "gauge",
         "0 when the last reload failed (the previous configuration is still in use).",
+        [(String::new(), u8::from(!RELOADS.last_failed.load(Relaxed)))],
     );
-    let _ = writeln!(
-        out,
-        "replink_last_reload_success {}",
-        u8::from(!RELOADS.last_failed.load(Relaxed))
-    );
-    out
+    std::mem::take(out)
 }
