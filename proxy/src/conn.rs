@@ -476,8 +476,16 @@ async fn reverse(
         };
         info.upstream = Some(endpoint.spec.clone());
         info.established = true;
-        let (path, result) =
-            passthrough::relay(client, upstream, incoming, route.id, in_kernel, traffic).await;
+        let (path, result) = passthrough::relay(
+            client,
+            upstream,
+            incoming,
+            route.id,
+            in_kernel,
+            shared.config.idle_timeout,
+            traffic,
+        )
+        .await;
         info.passthrough = Some(path);
         return result;
     }

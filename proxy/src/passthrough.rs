@@ -17,7 +17,10 @@
 //!   FIN never overtakes data still in the kernel's redirect queue.
 //! - **userspace**, otherwise: plain read/write copies both ways.
 //!
-//! No idle timeout here yet (the upstream's TLS has its own).
+//!
+//! `--idle-timeout` applies here too: a watchdog looks at the bytes moved both ways (written
+//! here, and the classifier's count of what the kernel moved) every quarter of the limit, and
+//! resets both sockets once nothing moved for the whole limit (`reason=idle_timeout`).
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
@@ -73,6 +76,7 @@ pub async fn relay(
     hello: Vec<u8>,
     route: u32,
     kernel: Option<InKernel<'_>>,
+    idle_timeout: Option<Duration>,
     traffic: &Traffic,
 ) -> (PassPath, Result<(), ConnError>) {
     let fds = (client.as_raw_fd(), upstream.as_raw_fd());
@@ -100,6 +104,7 @@ pub async fn relay(
         Err(e) => Err(ConnError::Plain(e)),
         Ok(_) => {
             let aborted = Cell::new(false);
+            let moved_here = Cell::new(0u64);
             let up = pump(
                 &mut client_rd,
                 &mut up_wr,
@@ -107,7 +112,7 @@ pub async fn relay(
                 fds,
                 paired.map(|(check, c, _)| Moved { check, from: c }),
                 (ConnError::Downstream, ConnError::Plain),
-                &aborted,
+                (&aborted, &moved_here),
             );
             let down = pump(
                 &mut up_rd,
@@ -116,14 +121,36 @@ pub async fn relay(
                 (fds.1, fds.0),
                 paired.map(|(check, _, u)| Moved { check, from: u }),
                 (ConnError::Plain, ConnError::Downstream),
-                &aborted,
+                (&aborted, &moved_here),
             );
-            let (up, down) = monoio::join!(up, down);
+            let moved = || {
+                moved_here.get()
+                    + paired.map_or(0, |(check, c, u)| {
+                        check.paired_bytes(c) + check.paired_bytes(u)
+                    })
+            };
+            let mut pumps = std::pin::pin!(async { monoio::join!(up, down) });
+            let idle = std::pin::pin!(idle_watch(idle_timeout, moved));
+            let mut timed_out = false;
+            let (up, down) = monoio::select! {
+                both = &mut pumps => both,
+                _ = idle => {
+                    // Ends both pumps: their reads see the shutdown, and no FIN goes out.
+                    timed_out = true;
+                    aborted.set(true);
+                    reset_both(fds.0, fds.1);
+                    pumps.await
+                }
+            };
             add(&traffic.wire_in, hello_len + up.1);
             add(&traffic.tls_to_plain, hello_len + up.1);
             add(&traffic.wire_out, down.1);
             add(&traffic.plain_to_tls, down.1);
-            up.0.and(down.0)
+            if timed_out {
+                Err(ConnError::Timeout("idle"))
+            } else {
+                up.0.and(down.0)
+            }
         }
     };
     if let Some((check, client, up)) = paired {
@@ -143,6 +170,27 @@ fn add(c: &Cell<u64>, n: u64) {
     c.set(c.get() + n);
 }
 
+/// Returns once `moved()` stayed the same for `limit` (checked every quarter of it); never
+/// without a limit.
+async fn idle_watch(limit: Option<Duration>, moved: impl Fn() -> u64) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let step = (limit / 4).max(Duration::from_millis(10));
+    let mut last = moved();
+    let mut since = Instant::now();
+    loop {
+        monoio::time::sleep(step).await;
+        let now = moved();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
 /// One direction: reads `from` (everything, in userspace; in the kernel path only what was
 /// queued before the pairing) and writes it to `to`; at `from`'s end of stream, shuts `to`'s
 /// write side once `to` has taken every byte (`already` + written here + moved by the kernel);
@@ -155,7 +203,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     (from_fd, to_fd): (RawFd, RawFd),
     kernel: Option<Moved<'_>>,
     errs: (IoErr, IoErr),
-    aborted: &Cell<bool>,
+    (aborted, moved): (&Cell<bool>, &Cell<u64>),
 ) -> (Result<(), ConnError>, u64) {
     let (read_err, write_err) = errs;
     let mut copied = 0u64;
@@ -175,6 +223,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                     break Some(write_err(e));
                 }
                 copied += n as u64;
+                add(moved, n as u64);
             }
             // A socket in the sockhash says EAGAIN while bytes wait for the stream parser's
             // work queue (see `Classifier::accepted`): they come shortly.

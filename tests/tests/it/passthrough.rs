@@ -40,6 +40,11 @@ struct Seen {
 /// An upstream that reads each connection to its end (digesting) while it writes `down` and
 /// then half-closes; reports what it read.
 fn upstream(down: Vec<u8>) -> (SocketAddr, mpsc::Receiver<Seen>) {
+    upstream_sending(Some(down))
+}
+
+/// Like [`upstream`]; with `None` it never writes and never half-closes (a silent server).
+fn upstream_sending(down: Option<Vec<u8>>) -> (SocketAddr, mpsc::Receiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = listener.local_addr().expect("upstream addr");
     let (tx, rx) = mpsc::channel();
@@ -50,8 +55,10 @@ fn upstream(down: Vec<u8>) -> (SocketAddr, mpsc::Receiver<Seen>) {
             std::thread::spawn(move || {
                 let mut writer = conn.try_clone().expect("clone");
                 let w = std::thread::spawn(move || {
-                    let _ = writer.write_all(&down);
-                    let _ = writer.shutdown(Shutdown::Write);
+                    if let Some(down) = down {
+                        let _ = writer.write_all(&down);
+                        let _ = writer.shutdown(Shutdown::Write);
+                    }
                 });
                 let mut h = Sha256::new();
                 let mut len = 0;
@@ -79,13 +86,84 @@ fn upstream(down: Vec<u8>) -> (SocketAddr, mpsc::Receiver<Seen>) {
 }
 
 fn reverse_with(pki: &Pki, upstream: SocketAddr, bpf: bool) -> ReplinkProcess {
+    reverse_with_args(pki, upstream, bpf, &[])
+}
+
+fn reverse_with_args(pki: &Pki, upstream: SocketAddr, bpf: bool, more: &[&str]) -> ReplinkProcess {
     let mut args = strings(&["reverse-proxy", "--listen", "127.0.0.1:0", "--route"]);
     args.push(format!("{SNI}={upstream}:passthrough"));
     args.extend(pki.server_args());
     if bpf {
         args.extend(strings(&["--bpf-classifier", "on"]));
     }
+    args.extend(strings(more));
     ReplinkProcess::spawn(&args)
+}
+
+/// `--idle-timeout 1s`: a connection silent both ways is reset at both ends with
+/// `reason=idle_timeout`, while one that sends a byte every 250 ms for 3 s (bytes the kernel
+/// moves, on the kernel path) is left alone and ends cleanly (both paths).
+#[test]
+fn idle_timeout_resets_only_silent_passthrough_connections() {
+    let pki = Pki::new();
+    let hello = hello();
+    for bpf in [true, false] {
+        let (upstream_addr, seen) = upstream_sending(None);
+        let reverse = reverse_with_args(&pki, upstream_addr, bpf, &["--idle-timeout", "1s"]);
+        if bpf {
+            reverse.wait_count("bpf_classifier=loaded", 1);
+        }
+        let mut quiet = TcpStream::connect(reverse.addr()).expect("connect");
+        quiet.write_all(&hello).expect("hello");
+        quiet.set_read_timeout(Some(patience())).expect("timeout");
+        let mut busy = TcpStream::connect(reverse.addr()).expect("connect");
+        busy.write_all(&hello).expect("hello");
+        let ticks = 12;
+        let writer = std::thread::spawn(move || {
+            for i in 0..ticks {
+                std::thread::sleep(Duration::from_millis(250));
+                busy.write_all(&[i as u8]).expect("busy write");
+            }
+            busy.shutdown(Shutdown::Write).expect("half-close");
+            busy
+        });
+        let started = std::time::Instant::now();
+        let got = quiet.read(&mut [0; 16]);
+        let waited = started.elapsed();
+        assert!(
+            matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the silent client should get a reset, got {got:?} (bpf {bpf})"
+        );
+        assert!(
+            waited >= Duration::from_millis(900),
+            "reset after {waited:?}, before the 1 s limit (bpf {bpf})"
+        );
+        let mut ends = [(); 2].map(|()| {
+            let s = seen.recv_timeout(patience()).expect("upstream report");
+            (s.len, s.end)
+        });
+        ends.sort_by_key(|e| e.0);
+        assert_eq!(
+            ends,
+            [
+                (hello.len(), Err(std::io::ErrorKind::ConnectionReset)),
+                (hello.len() + ticks, Ok(()))
+            ],
+            "upstream sides of the silent and the busy connection (bpf {bpf})"
+        );
+        drop(writer.join().expect("busy writer"));
+        reverse.wait_count("closed", 2);
+        let reasons: Vec<String> = reverse
+            .conn_lines()
+            .iter()
+            .map(|l| l.get("reason").unwrap_or("").to_string())
+            .collect();
+        assert!(
+            reasons.contains(&"idle_timeout".to_string()) && reasons.contains(&"done".to_string()),
+            "want one idle_timeout and one done: {reasons:?} (bpf {bpf})\n{}",
+            reverse.log()
+        );
+    }
 }
 
 /// ClientHello and `up` sent, half-closed, `down` read to the end: both byte-exact, through
