@@ -246,7 +246,18 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         );
     }
     if let Some(k) = kernel {
-        let want = already + copied + k.check.paired_bytes(k.from);
+        // The read saw the end of stream, but the verdict program may not have moved the last
+        // bytes yet (the stream parser runs from a work queue): first wait until every byte
+        // `from` received was either read here or moved by the kernel.
+        let counted = || already + copied + k.check.paired_bytes(k.from);
+        let want = match all_taken(from_fd, counted).await {
+            Some(want) => want,
+            None => {
+                aborted.set(true);
+                reset_both(from_fd, to_fd);
+                return (Err(ConnError::Timeout("passthrough flush")), copied);
+            }
+        };
         if !flushed(to_fd, want).await {
             aborted.set(true);
             reset_both(from_fd, to_fd);
@@ -266,6 +277,25 @@ fn pending_error(fd: RawFd) -> Option<std::io::Error> {
         .take_error()
         .ok()
         .flatten()
+}
+
+/// Waits until `counted()` (bytes read from `fd` plus bytes the kernel moved from it) covers
+/// everything `fd` received before its FIN; returns that count, or `None` past the flush
+/// limit.
+async fn all_taken(fd: RawFd, counted: impl Fn() -> u64) -> Option<u64> {
+    let deadline = Instant::now() + FLUSH_LIMIT;
+    loop {
+        // The FIN takes a sequence number, and TCP counts it as one byte received.
+        let received = sys::tcp_bytes_received(fd)?.saturating_sub(1);
+        let n = counted();
+        if n >= received {
+            return Some(n);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Waits until the socket has taken `want` bytes in all (see `sys::tcp_bytes_taken`).

@@ -258,3 +258,9 @@ pub fn tcp_bytes_taken(fd: RawFd) -> Option<u64> {
     }
     Some(info.tcpi_bytes_acked + queued as u64)
 }
+
+/// In-order bytes a TCP socket has received from its peer (`tcpi_bytes_received`), whoever
+/// took them (a read, or a BPF redirect). `None` on error.
+pub fn tcp_bytes_received(fd: RawFd) -> Option<u64> {
+    tcp_info(fd).map(|info| info.tcpi_bytes_received)
+}

@@ -124,6 +124,9 @@ fn idle_timeout_resets_only_silent_passthrough_connections() {
                 std::thread::sleep(Duration::from_millis(250));
                 busy.write_all(&[i as u8]).expect("busy write");
             }
+            // Not at once after the last byte: see "noticed" in the passthrough section of
+            // README.md (a FIN right behind a byte can overtake it on the kernel path).
+            std::thread::sleep(Duration::from_millis(250));
             busy.shutdown(Shutdown::Write).expect("half-close");
             busy
         });
