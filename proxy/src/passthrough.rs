@@ -65,6 +65,10 @@ pub struct InKernel<'a> {
 struct Moved<'a> {
     check: &'a BpfCheck,
     from: u64,
+    /// What `sys::tcp_bytes_taken` said of the destination socket before anything was
+    /// written to it: Linux counts the SYN of an actively opened socket (the upstream's) as one
+    /// byte acknowledged, and a FIN let out one byte early can overtake the last data byte.
+    to_base: u64,
 }
 
 /// Carries a passthrough connection to its end: `hello` (the client's bytes read so far) to
@@ -97,6 +101,8 @@ pub async fn relay(
     // half shuts the write side down (a FIN), which must not go out after a reset.
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut up_rd, mut up_wr) = upstream.into_split();
+    let base = |fd| sys::tcp_bytes_taken(fd).unwrap_or(0);
+    let (client_base, up_base) = (base(fds.0), base(fds.1));
     // After the pairing: the upstream's answer then goes back in the kernel.
     let hello_len = hello.len() as u64;
     let (res, _) = up_wr.write_all(hello).await;
@@ -110,7 +116,11 @@ pub async fn relay(
                 &mut up_wr,
                 hello_len,
                 fds,
-                paired.map(|(check, c, _)| Moved { check, from: c }),
+                paired.map(|(check, c, _)| Moved {
+                    check,
+                    from: c,
+                    to_base: up_base,
+                }),
                 (ConnError::Downstream, ConnError::Plain),
                 (&aborted, &moved_here),
             );
@@ -119,7 +129,11 @@ pub async fn relay(
                 &mut client_wr,
                 0,
                 (fds.1, fds.0),
-                paired.map(|(check, _, u)| Moved { check, from: u }),
+                paired.map(|(check, _, u)| Moved {
+                    check,
+                    from: u,
+                    to_base: client_base,
+                }),
                 (ConnError::Plain, ConnError::Downstream),
                 (&aborted, &moved_here),
             );
@@ -258,7 +272,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                 return (Err(ConnError::Timeout("passthrough flush")), copied);
             }
         };
-        if !flushed(to_fd, want).await {
+        if !flushed(to_fd, k.to_base + want).await {
             aborted.set(true);
             reset_both(from_fd, to_fd);
             return (Err(ConnError::Timeout("passthrough flush")), copied);

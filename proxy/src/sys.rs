@@ -245,6 +245,8 @@ fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
 
 /// Bytes an application has handed to a TCP socket that TCP has taken so far: acknowledged by
 /// the peer (`tcpi_bytes_acked`) plus still in the send queue (`SIOCOUTQ`). `None` on error.
+/// On an actively opened socket Linux counts its SYN as one byte acknowledged: compare with a
+/// reading taken before the first write, not with zero.
 /// The passthrough path compares it with what it expects before it sends a FIN, so a FIN
 /// never overtakes bytes the kernel is still moving between sockets.
 pub fn tcp_bytes_taken(fd: RawFd) -> Option<u64> {
