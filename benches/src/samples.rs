@@ -6,7 +6,7 @@
 //!   generator the runner falls back to).
 //! - Redis: `redis.rdb`, a dump of a populated redis-server; else [`rdb_like`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One payload and where it came from (printed with the results).
 pub struct Sample {
@@ -19,7 +19,10 @@ pub struct Sample {
 pub fn corpus_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|| {
+            let benches = Path::new(env!("CARGO_MANIFEST_DIR"));
+            benches.parent().unwrap_or(benches).join("target")
+        });
     target.join("bench-corpus")
 }
 
