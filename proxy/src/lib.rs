@@ -47,6 +47,22 @@ pub mod fuzz_api {
     pub use crate::pg::{Arrival, Next, Plaintext, Preamble, PreambleError};
 }
 
+#[cfg(feature = "bench")]
+mod sample;
+
+/// What the criterion micro-benchmarks in `benches/benches` drive (feature `bench`, off by
+/// default): the per-connection zstd codec as the relay uses it, the relay's bulk read size and
+/// the demo's WAL-like sample. Not an API: it changes with the modules it re-exports.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::buffers::BIG as RELAY_READ;
+    pub use crate::codec::{CodecError, Sink, ZstdDecoder, ZstdEncoder};
+    pub use crate::sample::wal_like as wal_like_sample;
+    /// `--zstd-level`'s and `zstd_level`'s default.
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod demo;
+mod sample;
 mod status;
 
 use anyhow::Context;
