@@ -20,8 +20,11 @@
 //! | decompression bomb                           | [`zstd_bomb_is_streamed_at_the_upstreams_pace`]          | 32 KiB → 1 GiB streamed exact at the reader's pace, RSS bounded |
 //! | truncated zstd frame + close_notify          | [`truncated_zstd_frame_fails_loudly`]                    | `zstd_error` (ended inside a frame), upstream sees a reset |
 //! | TLS record with a bad MAC                    | [`tls_record_with_a_bad_mac_fails_loudly`]               | `tls_record_error`, upstream reset, client error |
-//! | kill -9 of either end during a transfer      | `replication::rsync_tree_through_the_pair_and_a_cut_transfer_fails_loudly` | rsync fails, a re-run completes |
+//! | kill -9 of either end during a transfer      | [`kill_9_of_the_forward_end`], [`kill_9_of_the_reverse_end`], `replication::rsync_tree_through_the_pair_and_a_cut_transfer_fails_loudly` | the far application sees a reset, the near one an error |
 //! | `--max-connections`                           | `proxy/tests/it` `max_connections_refuses_the_excess`   | the excess closed at once |
+//!
+//! The unrelated transfer cannot survive a kill -9 of the process carrying it: those two
+//! cases check that every transfer in flight fails loudly instead.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -360,19 +363,42 @@ fn slowloris_client_hello_hits_the_handshake_timeout() {
     unrelated.finish(&r.server);
 }
 
-/// Raises this process's and `pid`'s open-file limit to `n` (prlimit(1), util-linux).
-fn raise_nofile(pid: u32, n: u64) {
-    let out = run_cmd(
-        "prlimit",
-        &[
-            "--pid".to_string(),
-            pid.to_string(),
-            format!("--nofile={n}:{n}"),
-        ],
-        Input::Null,
-        Duration::from_secs(10),
-    );
+/// `prlimit ARGS` (util-linux): reads or sets another process's limits.
+fn prlimit(args: &[String]) -> String {
+    let out = run_cmd("prlimit", args, Input::Null, Duration::from_secs(10));
     assert!(out.success(), "prlimit: {}", out.text());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `pid`'s open-file limit, (soft, hard).
+fn nofile(pid: u32) -> (u64, u64) {
+    let out = prlimit(&strings(&[
+        "--pid",
+        &pid.to_string(),
+        "--nofile",
+        "--output",
+        "SOFT,HARD",
+        "--noheadings",
+    ]));
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(u64::MAX))
+        .collect();
+    (v[0], v[1])
+}
+
+fn set_nofile(pid: u32, soft: u64, hard: u64) {
+    prlimit(&strings(&[
+        "--pid",
+        &pid.to_string(),
+        &format!("--nofile={soft}:{hard}"),
+    ]));
+}
+
+/// Raises `pid`'s open-file limit (soft and hard) to at least `n`.
+fn raise_nofile(pid: u32, n: u64) {
+    let (soft, hard) = nofile(pid);
+    set_nofile(pid, soft.max(n), hard.max(n));
 }
 
 /// 5000 connections that complete the TCP handshake and send nothing: the reverse end accepts
@@ -433,7 +459,7 @@ fn file_descriptor_exhaustion() {
     std::thread::sleep(Duration::from_millis(500));
     let pid = r.reverse.pid();
     let limit = ProcStats::fds(pid) as u64 + 24;
-    raise_nofile(pid, limit);
+    set_nofile(pid, limit, nofile(pid).1);
     let hogs: Vec<TcpStream> = (0..64)
         .map(|_| TcpStream::connect(r.reverse.addr()).expect("connect"))
         .collect();
@@ -689,4 +715,76 @@ fn tls_record_with_a_bad_mac_fails_loudly() {
     );
     reverse.wait_count(r#"closed.*reason="?tls_record_error\b"#, 1);
     unrelated.finish(&server);
+}
+
+/// Which end [`kill_9_mid_transfer`] kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Forward,
+    Reverse,
+}
+
+/// Two transfers in flight through a pair, a two-way one (the client still uploading) and a
+/// download (the client only reading); then SIGKILL of `end`. Every application on either
+/// side must see an error (a reset; a reset is reported once per socket, to the reader or the
+/// writer, whichever asks first), never a clean end with a short count; the surviving end
+/// logs both connections as failed.
+fn kill_9_mid_transfer(end: End, salt: u64) {
+    let r = rig(PairOptions::default(), |_| {});
+    let seed = run_seed() ^ salt;
+    let addr = r.forward.addr();
+    let running: Vec<_> = [
+        Transfer::new(seed, 1 << 30, 1 << 30),
+        Transfer::new(seed ^ 1, 0, 4 << 30),
+    ]
+    .into_iter()
+    .map(|t| (t, std::thread::spawn(move || run_transfer(addr, t))))
+    .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut killed, survivor) = match end {
+        End::Forward => (r.forward, r.reverse),
+        End::Reverse => (r.reverse, r.forward),
+    };
+    killed.kill();
+    for (t, h) in running {
+        let c = h.join().expect("transfer thread");
+        let rec = r.server.record(t.seed, patience()).expect("server record");
+        let who = format!(
+            "{end:?} killed, seed {}: client {c:?}\nserver {rec:?}",
+            t.seed
+        );
+        assert!(
+            c.read_error.is_some() || c.write_error.is_some(),
+            "the client saw a clean end: {who}"
+        );
+        assert!(
+            rec.read_error.is_some() || rec.write_error.is_some(),
+            "the upstream saw a clean end: {who}"
+        );
+        assert!(
+            c.received < t.expected_down() && rec.sent < t.down,
+            "the transfer completed despite the kill: {who}"
+        );
+    }
+    survivor.wait_count(r"\bclosed\b", 2);
+    assert_eq!(
+        survivor.count(r#"closed.*reason="?done"#),
+        0,
+        "{}",
+        survivor.log()
+    );
+}
+
+/// SIGKILL of the forward end mid-transfer: see [`kill_9_mid_transfer`]. The reverse end takes
+/// the TLS leg closed without close_notify as a failure and resets its upstreams.
+#[test]
+fn kill_9_of_the_forward_end() {
+    kill_9_mid_transfer(End::Forward, 0x9f);
+}
+
+/// SIGKILL of the reverse end mid-transfer: see [`kill_9_mid_transfer`]. The forward end takes
+/// the cut TLS leg as a failure and resets its clients.
+#[test]
+fn kill_9_of_the_reverse_end() {
+    kill_9_mid_transfer(End::Reverse, 0x9e);
 }
