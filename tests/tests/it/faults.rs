@@ -448,10 +448,10 @@ fn five_thousand_half_open_connections() {
 }
 
 /// The reverse end's RLIMIT_NOFILE lowered to 24 fds above what it uses: silent connections
-/// fill it, accept fails (`accept failed`, logged) and backs off instead of spinning (CPU time
-/// over 2 s stays low), a transfer started meanwhile waits in the accept queue, the
-/// unrelated transfer carries on; once the silent connections close, the waiting transfer and a
-/// new one complete byte-exact.
+/// fill it, accept fails and backs off instead of spinning (CPU time over 2 s stays low; one
+/// `accept failed` line per worker, then `accept recovered`, not a line per retry), a transfer
+/// started meanwhile waits in the accept queue, the unrelated transfer carries on; once the
+/// silent connections close, the waiting transfer and a new one complete byte-exact.
 #[test]
 fn file_descriptor_exhaustion() {
     let mut r = rig(PairOptions::default(), |_| {});
@@ -487,6 +487,18 @@ fn file_descriptor_exhaustion() {
     drop(hogs);
     let report = waiting.join().expect("transfer thread");
     verify_transfer(&r.server, &report).expect("the transfer that waited for an fd");
+    // One line when the failures start and one when they end, per worker (2), not one per
+    // retry (every 50 ms).
+    let failed = r.reverse.count(r"accept failed");
+    assert!(
+        (1..=2).contains(&failed),
+        "{failed} `accept failed` lines for a few seconds out of fds"
+    );
+    assert_eventually!(
+        r.reverse.count(r"accept recovered failures=\d+") == failed,
+        "`accept recovered` lines: {:?}",
+        r.reverse.lines_matching("accept")
+    );
     let t = Transfer::new(run_seed() ^ 0xfd2, 2 << 20, 2 << 20);
     verify_transfer(&r.server, &run_transfer(r.forward.addr(), t)).expect("a new transfer");
     unrelated.finish(&r.server);
