@@ -8,23 +8,25 @@
 //! |----------------------------------------------|----------------------------------------------------------|------------------|
 //! | upstream refuses / is absent                 | `upstream_down::closed_upstream_port_closes_the_client_quickly`, `upstream_down::target_lists_fail_over_in_order` | client closed < 3 s, `upstream_connect_failed`, `internal_error` alert; live route intact |
 //! | upstream stalls: connect timeout             | [`upstream_that_never_answers_the_syn_hits_the_connect_timeout`] | client closed after `--connect-timeout`, `upstream_connect_failed` + `connect timed out` |
-//! | upstream stalls: idle timeout                | [`silent_upstream_hits_the_idle_timeout`] (and `proxy/tests/it` `idle_timeout_closes_only_silent_links`) | `idle_timeout`, upstream sees a reset |
+//! | upstream stalls: idle timeout                | [`silent_upstream_hits_the_idle_timeout`] (and `proxy/tests/it` `idle_timeout_closes_only_silent_links`) | client closed after 1 s, `idle_timeout`, upstream sees a reset; the trickling transfer not cut |
 //! | upstream resets mid-stream                   | `resets::upstream_reset_reaches_the_client_as_a_reset`   | client gets ECONNRESET; unrelated intact |
 //! | client resets mid-stream                     | `resets::client_reset_reaches_the_upstream_as_a_reset`   | upstream gets a reset; unrelated intact |
 //! | slow reader: client                          | [`client_that_stops_reading_holds_memory_bounded`]       | RSS growth bounded while 512 MiB wait; then exact |
 //! | slow reader: upstream                        | [`upstream_that_stops_reading_holds_memory_bounded`]     | same, the other way |
-//! | slowloris ClientHello, a byte a second       | [`slowloris_client_hello_hits_the_handshake_timeout`]    | `refused` `handshake_timeout` |
-//! | 5000 simultaneous half-open connections      | [`five_thousand_half_open_connections`]                  | all accepted, all cut by `handshake_timeout`, fds back to baseline, new connection exact |
-//! | fd exhaustion (`RLIMIT_NOFILE` low)          | [`file_descriptor_exhaustion`]                           | `accept failed` logged, CPU low, a pending connection served after recovery |
-//! | zstd frame with a huge window                | [`zstd_frame_with_a_huge_window_is_refused`]             | `zstd_error` (window too large), RSS bounded |
+//! | slowloris ClientHello, a byte a second       | [`slowloris_client_hello_hits_the_handshake_timeout`]    | closed at ~3 s before the hello is whole, `refused` `handshake_timeout` |
+//! | 5000 simultaneous half-open connections      | [`five_thousand_half_open_connections`]                  | all accepted (under the default `--max-connections` 10000), all cut by `handshake_timeout`, fds back to baseline, new connection exact |
+//! | fd exhaustion (`RLIMIT_NOFILE` low)          | [`file_descriptor_exhaustion`]                           | `accept failed` once per worker then `accept recovered`, CPU low (no spin), a connection queued meanwhile served exact after recovery |
+//! | zstd frame with a huge window                | [`zstd_frame_with_a_huge_window_is_refused`]             | client gets an error, `zstd_error` (frame requires too much memory), RSS bounded |
 //! | decompression bomb                           | [`zstd_bomb_is_streamed_at_the_upstreams_pace`]          | 32 KiB → 1 GiB streamed exact at the reader's pace, RSS bounded |
 //! | truncated zstd frame + close_notify          | [`truncated_zstd_frame_fails_loudly`]                    | `zstd_error` (ended inside a frame), upstream sees a reset |
-//! | TLS record with a bad MAC                    | [`tls_record_with_a_bad_mac_fails_loudly`]               | `tls_record_error`, upstream reset, client error |
-//! | kill -9 of either end during a transfer      | [`kill_9_of_the_forward_end`], [`kill_9_of_the_reverse_end`], `replication::rsync_tree_through_the_pair_and_a_cut_transfer_fails_loudly` | the far application sees a reset, the near one an error |
-//! | `--max-connections`                           | `proxy/tests/it` `max_connections_refuses_the_excess`   | the excess closed at once |
+//! | TLS record with a bad MAC                    | [`tls_record_with_a_bad_mac_fails_loudly`]               | `tls_record_error`, upstream reset (no corrupt byte delivered), client error |
+//! | kill -9 of either end during a transfer      | [`kill_9_of_the_forward_end`], [`kill_9_of_the_reverse_end`], `replication::rsync_tree_through_the_pair_and_a_cut_transfer_fails_loudly` | every application on both sides sees an error (reset), none a clean short end; rsync fails, a re-run completes |
+//! | `--max-connections`                           | `proxy/tests/it` `max_connections_refuses_the_excess`   | the excess closed at once (`refused` `max_connections`) |
 //!
 //! The unrelated transfer cannot survive a kill -9 of the process carrying it: those two
-//! cases check that every transfer in flight fails loudly instead.
+//! cases check that every transfer in flight fails loudly instead. Memory is VmRSS from
+//! `/proc`, sampled every 50 ms against a baseline taken before the faulty connection; the
+//! bound ([`RSS_BOUND_KIB`]) is 16 MiB, measured growth is 0.1-5 MiB.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
