@@ -170,6 +170,8 @@ struct Link {
     version: ProtocolVersion,
     /// The TLS leg's socket, for the kTLS socket options and control records.
     tls_fd: RawFd,
+    /// The plaintext leg's socket: it resets on close until its clean half-close.
+    plain_fd: RawFd,
     /// Directions the kernel seals or opens.
     ktx: RefCell<Option<KernelKeys>>,
     krx: RefCell<Option<KernelKeys>>,
@@ -288,10 +290,16 @@ pub async fn relay(
         None => Some(Sealer::new(est.version, est.tx.0, est.tx.1)?),
     };
     let opener = Opener::new(est.version, est.rx.0, est.rx.1)?;
+    let plain_fd = plain.as_raw_fd();
+    // Until the TLS peer's close_notify is passed on as a FIN, any close of the plaintext leg
+    // is a failure, also the kernel's when this process dies (kill -9, OOM): make it a reset,
+    // so the application never reads a clean end of a cut stream. `finish_closed` undoes it.
+    sys::reset_on_close(plain_fd);
     let link = Rc::new(Link {
         kernel: RefCell::new(est.kernel),
         version,
         tls_fd,
+        plain_fd,
         ktx: RefCell::new(ktx),
         krx: RefCell::new(None),
         peer_wants_key_update: Cell::new(false),
@@ -300,7 +308,6 @@ pub async fn relay(
         idle_timeout: opts.idle_timeout,
         traffic,
     });
-    let plain_fd = plain.as_raw_fd();
     let (mut tls_r, mut tls_w) = tls.into_split();
     let (mut plain_r, mut plain_w) = plain.into_split();
     let result = {
@@ -1028,6 +1035,8 @@ impl OpenPump<'_> {
         if self.decoder.as_ref().is_some_and(|d| d.in_frame()) {
             return Err(CodecError::Truncated.into());
         }
+        // A clean end: the FIN goes out, and a later close no longer resets what was sent.
+        sys::close_gracefully(self.link.plain_fd);
         self.dst.shutdown().await.map_err(ConnError::Plain)?;
         Ok(())
     }

@@ -20,8 +20,13 @@ pub fn bytes_readable(fd: RawFd) -> usize {
 /// Makes the next close of `fd` send a TCP reset instead of a FIN (SO_LINGER with timeout 0):
 /// how a reset on one leg is passed on to the other.
 pub fn reset_on_close(fd: RawFd) {
+    set_linger(fd, 1);
+}
+
+/// SO_LINGER with `onoff` and a timeout of 0.
+fn set_linger(fd: RawFd, onoff: libc::c_int) {
     let linger = libc::linger {
-        l_onoff: 1,
+        l_onoff: onoff,
         l_linger: 0,
     };
     // SAFETY: `fd` is a socket the caller keeps open for the duration of the call; the option
@@ -35,6 +40,12 @@ pub fn reset_on_close(fd: RawFd) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// Undoes [`reset_on_close`]: the next close of `fd` sends a FIN after the data queued
+/// (SO_LINGER off, the default).
+pub fn close_gracefully(fd: RawFd) {
+    set_linger(fd, 0);
 }
 
 /// Attaches the TCP upper-layer protocol `name` (e.g. `"tls"`) to a connected TCP socket

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::blocking::DefaultThreadPool;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -395,6 +395,18 @@ fn uring_runtime(
         .build()
 }
 
+/// How long an accept loop waits after a failed accept (EMFILE, ENFILE, ENOBUFS).
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// While accepts keep failing, one log line per this long.
+const ACCEPT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An accept loop's run of failed accepts, for its log lines.
+struct AcceptFailures {
+    since: Instant,
+    count: u64,
+    logged: Instant,
+}
+
 async fn accept_loop(listener: std::net::TcpListener, current: Current, stopping: Arc<AtomicBool>) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -404,9 +416,17 @@ async fn accept_loop(listener: std::net::TcpListener, current: Current, stopping
         }
     };
     monoio::spawn(trim_when_released());
+    let mut failing: Option<AcceptFailures> = None;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if let Some(f) = failing.take() {
+                    tracing::info!(
+                        failures = f.count,
+                        duration_ms = f.since.elapsed().as_millis() as u64,
+                        "accept recovered"
+                    );
+                }
                 let shared = self::current(&current);
                 let active = shared.stats.active.load(Ordering::Relaxed);
                 if active >= shared.config.max_connections as u64 {
@@ -420,9 +440,28 @@ async fn accept_loop(listener: std::net::TcpListener, current: Current, stopping
             Err(_) if stopping.load(Ordering::Relaxed) => break,
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning; existing
-                // connections carry on.
-                tracing::warn!(error = %e, "accept failed");
-                monoio::time::sleep(Duration::from_millis(50)).await;
+                // connections carry on. The connection stays in the kernel's accept queue and
+                // is served once a descriptor is free. Logged when it starts, then every
+                // ACCEPT_FAILURE_LOG_EVERY (not 20 lines a second while it lasts).
+                let now = Instant::now();
+                match &mut failing {
+                    None => {
+                        tracing::warn!(error = %e, retry_ms = ACCEPT_RETRY.as_millis() as u64, "accept failed");
+                        failing = Some(AcceptFailures {
+                            since: now,
+                            count: 1,
+                            logged: now,
+                        });
+                    }
+                    Some(f) => {
+                        f.count += 1;
+                        if now.duration_since(f.logged) >= ACCEPT_FAILURE_LOG_EVERY {
+                            tracing::warn!(error = %e, failures = f.count, "accept failed");
+                            f.logged = now;
+                        }
+                    }
+                }
+                monoio::time::sleep(ACCEPT_RETRY).await;
             }
         }
     }

@@ -12,6 +12,8 @@
 //!   on both ends. [`EchoServer`] for simple routes.
 //! - [`run_in_ktls_vm`] runs a script in a QEMU VM whose kernel has TLS
 //!   (`scripts/ktls-vm.sh`), with [`static_replink_bin`] inside.
+//! - [`Unrelated`], [`SplitUpstream`], [`ProcStats`]: fault injection (a transfer kept in
+//!   flight beside a fault, an upstream that hands marked connections to the fault, `/proc`).
 //! - [`run_cmd`] runs an outside tool (openssl, redis-cli, …) with a deadline.
 //! - [`assert_eventually!`] polls a condition for up to [`patience`]
 //!   (`REPLINK_TEST_PATIENCE_MS`, default 20000).
@@ -23,6 +25,7 @@
 
 mod bin;
 mod cmd;
+mod fault;
 mod gen;
 mod pki;
 mod postgres;
@@ -36,6 +39,10 @@ use std::time::{Duration, Instant};
 
 pub use bin::{nested_cargo, replink_bin, replink_pg_bin, replink_pki_bin, workspace_root};
 pub use cmd::{run_cmd, s_client, CmdOutput, Input};
+pub use fault::{
+    read_to_end_with, reset, tls_client_config, tls_connect, ProcStats, SplitUpstream, StreamEnd,
+    Unrelated, FAULT_MARK,
+};
 pub use gen::{chunk_len, Gen};
 pub use pki::{IssuedFiles, Pki};
 pub use postgres::{as_postgres, pg_bin_dir, running_as_root, PgCluster, PgOptions, PG_PASSWORD};
@@ -45,8 +52,8 @@ pub use process::{
 };
 pub use redis::{redis_cli, redis_port_args, RedisServer};
 pub use servers::{
-    flags, run_transfer, run_transfer_paused, verify_transfer, ClientReport, EchoServer,
-    ServerRecord, StreamServer, Transfer, DOWN_SALT, HEADER_LEN,
+    flags, run_transfer, run_transfer_paced, run_transfer_paused, verify_transfer, ClientReport,
+    EchoServer, ServerRecord, StreamServer, Transfer, DOWN_SALT, HEADER_LEN,
 };
 pub use vm::{run_in_ktls_vm, static_replink_bin, static_vm_peer_bin, VmRun};
 

@@ -369,14 +369,31 @@ pub fn run_transfer_paused(
     pause_at: u64,
     resume: mpsc::Receiver<()>,
 ) -> ClientReport {
-    transfer_inner(addr, t, Some((pause_at, resume)))
+    transfer_inner(addr, t, Some(Brake::PauseAt(pause_at, resume)))
 }
 
-fn transfer_inner(
+/// Like [`run_transfer`], but the upload trickles (one write of at most 32 KiB per `every`)
+/// until `resume` gets a message (or its sender is dropped), then runs at full speed: the
+/// connection is in flight and never idle until then.
+pub fn run_transfer_paced(
     addr: SocketAddr,
     t: Transfer,
-    pause: Option<(u64, mpsc::Receiver<()>)>,
+    every: Duration,
+    resume: mpsc::Receiver<()>,
 ) -> ClientReport {
+    transfer_inner(addr, t, Some(Brake::Pace(every, resume)))
+}
+
+/// How [`transfer_inner`] holds its upload back.
+enum Brake {
+    PauseAt(u64, mpsc::Receiver<()>),
+    Pace(Duration, mpsc::Receiver<()>),
+}
+
+/// Largest write while [`Brake::Pace`] holds.
+const PACED_CHUNK: u64 = 32 << 10;
+
+fn transfer_inner(addr: SocketAddr, t: Transfer, pause: Option<Brake>) -> ClientReport {
     let started = Instant::now();
     let mut report = ClientReport {
         transfer: t,
@@ -413,15 +430,22 @@ fn transfer_inner(
         let result = (|| -> std::io::Result<()> {
             writer.write_all(&t.header())?;
             while sent < t.up {
-                if let Some((at, _)) = &pause {
-                    if sent >= *at {
-                        let (_, rx) = pause.take().expect("checked");
+                match &pause {
+                    Some(Brake::PauseAt(at, rx)) if sent >= *at => {
                         let _ = rx.recv();
+                        pause = None;
                     }
+                    Some(Brake::Pace(every, rx)) => match rx.try_recv() {
+                        Err(mpsc::TryRecvError::Empty) => std::thread::sleep(*every),
+                        _ => pause = None,
+                    },
+                    _ => {}
                 }
                 let mut n = (chunk_len(&mut rng, MAX_CHUNK) as u64).min(t.up - sent);
-                if let Some((at, _)) = &pause {
-                    n = n.min(at - sent);
+                match &pause {
+                    Some(Brake::PauseAt(at, _)) => n = n.min(at - sent),
+                    Some(Brake::Pace(..)) => n = n.min(PACED_CHUNK),
+                    None => {}
                 }
                 let n = n as usize;
                 g.fill(&mut buf[..n]);

@@ -13,6 +13,10 @@
 //! - `data_paths`: ~20 concurrent two-way transfers (0 B .. 64 MiB, plus one of 256 MiB),
 //!   random write sizes, half-closes, byte-exact on both ends, for compression zstd/off ×
 //!   io driver io_uring/epoll; the per-connection log lines account for every byte.
+//! - `faults`: the fault matrix of issue 7 (its module doc maps each fault to its test):
+//!   stalled, silent, slow and resetting peers, slowloris, 5000 half-open connections, fd
+//!   exhaustion, zstd bombs and cut frames, a bad record MAC, kill -9 of either end; each while
+//!   an unrelated transfer through the same reverse end stays byte-exact.
 //! - `metrics`: `--admin` on both ends: `/metrics` parsed by the prometheus-parse crate equals the
 //!   connection lines and the client's byte counts; `/healthz`, `/readyz` (503 naming a dead
 //!   route), `replink status` exit codes.
@@ -65,6 +69,7 @@ mod authz;
 mod bpf_classifier;
 mod config_file;
 mod data_paths;
+mod faults;
 mod ktls;
 mod metrics;
 mod openssl_interop;

@@ -2,26 +2,20 @@
 //! one that ended cleanly (a replica must not take a cut WAL stream for a complete one).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use replink_tests::*;
 
-/// Closes `s` with an RST (SO_LINGER 0).
-fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(s);
-}
-
 /// The client resets half way through its upload: the upstream sees a reset (a read error),
-/// not a clean EOF; both ends log the connection as failed.
+/// not a clean EOF; both ends log the connection as failed; a transfer through the same pair
+/// meanwhile is intact.
 #[test]
 fn client_reset_reaches_the_upstream_as_a_reset() {
     let pki = Pki::new();
     let server = StreamServer::start();
     let (mut reverse, mut forward) = start_pair(&pki, server.addr(), &PairOptions::default());
+    let unrelated = Unrelated::start(forward.addr(), 0x4e5e8);
     let t = Transfer::new(run_seed() ^ 0x4e5e7, 1 << 30, 0);
     let mut c = TcpStream::connect(forward.addr()).expect("connect");
     c.write_all(&t.header()).expect("header");
@@ -52,28 +46,32 @@ fn client_reset_reaches_the_upstream_as_a_reset() {
             p.log()
         );
     }
+    unrelated.finish(&server);
     reverse.assert_running();
     forward.assert_running();
 }
 
 /// The upstream resets after sending some bytes: the client of the forward end gets the error
-/// (ECONNRESET), not a clean EOF.
+/// (ECONNRESET), not a clean EOF; a transfer through the same pair meanwhile is intact.
 #[test]
 fn upstream_reset_reaches_the_client_as_a_reset() {
     let pki = Pki::new();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let upstream_addr = listener.local_addr().expect("addr");
-    let upstream = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("accept");
+    let server = StreamServer::start();
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let done_tx = std::sync::Mutex::new(done_tx);
+    let upstream = SplitUpstream::start(server.addr(), move |mut conn| {
         let mut hello = [0u8; 5];
         conn.read_exact(&mut hello).expect("client's bytes");
         conn.write_all(b"partial answer").expect("answer");
         std::thread::sleep(Duration::from_millis(300));
         reset(conn);
+        let _ = done_tx.lock().map(|tx| tx.send(()));
     });
-    let (mut reverse, mut forward) = start_pair(&pki, upstream_addr, &PairOptions::default());
+    let (mut reverse, mut forward) = start_pair(&pki, upstream.addr(), &PairOptions::default());
+    let unrelated = Unrelated::start(forward.addr(), 0x4e5e9);
     let mut c = TcpStream::connect(forward.addr()).expect("connect");
     c.set_read_timeout(Some(patience())).expect("timeout");
+    c.write_all(FAULT_MARK).expect("send");
     c.write_all(b"hello").expect("send");
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -85,7 +83,8 @@ fn upstream_reset_reaches_the_client_as_a_reset() {
             Err(e) => break Err(e),
         }
     };
-    upstream.join().expect("upstream thread");
+    done.recv_timeout(patience())
+        .expect("the upstream reset its connection");
     match end {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         other => panic!(
@@ -102,6 +101,7 @@ fn upstream_reset_reaches_the_client_as_a_reset() {
         p.wait_count(r"\bclosed\b", 1);
         assert_eq!(p.count(r#"\bclosed\b.*reason="?done"#), 0, "{}", p.log());
     }
+    unrelated.finish(&server);
     reverse.assert_running();
     forward.assert_running();
 }
