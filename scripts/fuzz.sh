@@ -7,10 +7,16 @@
 # FUZZ_SANITIZER: none (default, stable Rust) or address (AddressSanitizer; needs nightly).
 # cargo-fuzz needs nightly only for -Zsanitizer; the code fuzzed here is safe Rust
 # (#![deny(unsafe_code)]) plus C (libzstd, the BPF walk) that cc builds with coverage but
-# without ASan either way, so stable with `-s none` loses little. New corpus entries go to
-# tests/fuzz/corpus/TARGET and crashes to tests/fuzz/artifacts/TARGET (both ignored by git);
-# the seeds in the repository are read, never written. Installs g++, linux-libc-dev, clang
-# and cargo-fuzz when missing.
+# without ASan either way, so stable with `-s none` loses little. Each run starts from the
+# seeds and the minimized corpus kept in the repository (tests/fuzz/corpus/TARGET), both only
+# read: new finds go to a temporary directory, deleted afterwards, and crashes to
+# tests/fuzz/artifacts/TARGET (ignored by git). Installs g++, linux-libc-dev, clang and
+# cargo-fuzz when missing.
+#
+# FUZZ_UPDATE_CORPUS=1 (by hand, not in CI): after a clean run, fold its finds into
+# tests/fuzz/corpus/TARGET, minimized with libFuzzer's -set_cover_merge=1 (a small set of
+# inputs that covers what the seeds do not, from the entries kept so far and the new finds);
+# review and commit the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,16 +74,42 @@ start=$SECONDS
 "${fuzz[@]}" build "${opts[@]}" >&2
 echo "fuzz.sh: built in $((SECONDS - start)) s" >&2
 
+# libFuzzer writes new inputs to the first corpus directory it is given: a temporary one.
+finds=$(mktemp -d)
+trap 'rm -rf "$finds"' EXIT
+
+# Folds $finds/TARGET into tests/fuzz/corpus/TARGET: a merge into a copy of the seeds keeps a
+# small set of inputs covering what they do not, then the seed copies are taken out again.
+update_corpus() {
+    local t=$1 kept="tests/fuzz/corpus/$1" merged="$finds/$1.merged"
+    mkdir -p "$merged" "$kept"
+    cp "$(seeds "$t")"/* "$merged/"
+    local seed_names
+    seed_names=$(ls "$merged")
+    "${fuzz[@]}" run "${opts[@]}" "$t" "$merged" "$kept" "$finds/$t" -- -set_cover_merge=1 \
+        -timeout=10 -rss_limit_mb=1024 >"$target_dir/$t.merge.log" 2>&1
+    (cd "$merged" && echo "$seed_names" | xargs rm -f --)
+    rm -rf "$kept"
+    mv "$merged" "$kept"
+    echo "fuzz $t: corpus kept in $kept: $(ls "$kept" | wc -l) files, $(du -sh "$kept" | cut -f1)"
+}
+
 failed=()
 for t in "${targets[@]}"; do
-    mkdir -p "tests/fuzz/corpus/$t"
+    mkdir -p "$finds/$t"
+    kept="tests/fuzz/corpus/$t"
+    [ -d "$kept" ] || kept=$(mktemp -d -p "$finds")
     log="$target_dir/$t.log"
     # -rss_limit_mb: zstd_decoder checks the heap itself; this catches the rest.
-    if "${fuzz[@]}" run "${opts[@]}" "$t" "tests/fuzz/corpus/$t" "$(seeds "$t")" -- \
+    if "${fuzz[@]}" run "${opts[@]}" "$t" "$finds/$t" "$kept" "$(seeds "$t")" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 \
         >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-        echo "fuzz $t: ${seconds} s, ${runs:-?} runs, corpus $(ls "tests/fuzz/corpus/$t" | wc -l), no failure"
+        echo "fuzz $t: ${seconds} s, ${runs:-?} runs, from $(ls "$kept" | wc -l) kept inputs," \
+            "$(ls "$finds/$t" | wc -l) new, no failure"
+        if [ "${FUZZ_UPDATE_CORPUS:-0}" = 1 ]; then
+            update_corpus "$t"
+        fi
     else
         failed+=("$t")
         tail -n 40 "$log"

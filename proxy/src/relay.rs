@@ -179,6 +179,9 @@ struct Link {
     /// `plain_to_tls` when the TLS peer's close_notify was read: bytes counted after it were
     /// sent to a peer that had already finished.
     plain_sent_at_peer_close: Cell<Option<u64>>,
+    /// The plaintext leg's write side is being shut (our FIN): from then on that socket may
+    /// reach `TCP_CLOSE` cleanly, by FINs both ways.
+    plain_fin: Cell<bool>,
     last_activity: Cell<Instant>,
     idle_timeout: Option<Duration>,
     traffic: Rc<Traffic>,
@@ -304,6 +307,7 @@ pub async fn relay(
         krx: RefCell::new(None),
         peer_wants_key_update: Cell::new(false),
         plain_sent_at_peer_close: Cell::new(None),
+        plain_fin: Cell::new(false),
         last_activity: Cell::new(Instant::now()),
         idle_timeout: opts.idle_timeout,
         traffic,
@@ -692,6 +696,14 @@ impl SealPump<'_> {
             };
             buf = b;
             let n = res.map_err(ConnError::Plain)?;
+            if n == 0 && !self.link.plain_fin.get() && sys::tcp_closed(self.src_fd) {
+                // Not an end of stream: the peer reset the socket. The kernel reports a
+                // socket's reset once, and a write of the other direction took it
+                // (EPIPE/ECONNRESET), so this read got 0. Without our FIN the socket cannot
+                // have closed cleanly; a close_notify now would pass the reset on as a
+                // clean end (found by the soak test).
+                return Err(ConnError::Plain(std::io::ErrorKind::ConnectionReset.into()));
+            }
             if n == 0 {
                 if let Some(enc) = self.encoder.as_mut() {
                     enc.end_frame(&mut self.out)?;
@@ -1037,6 +1049,8 @@ impl OpenPump<'_> {
         }
         // A clean end: the FIN goes out, and a later close no longer resets what was sent.
         sys::close_gracefully(self.link.plain_fd);
+        // Before the shutdown: once our FIN may be out, `TCP_CLOSE` is no sign of a reset.
+        self.link.plain_fin.set(true);
         self.dst.shutdown().await.map_err(ConnError::Plain)?;
         Ok(())
     }

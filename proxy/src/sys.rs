@@ -254,6 +254,15 @@ fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     (rc == 0).then_some(info)
 }
 
+/// Whether a TCP socket has reached `TCP_CLOSE`: reset by its peer, or closed by FINs both
+/// ways (which needs our FIN). `false` when `TCP_INFO` cannot be read.
+pub fn tcp_closed(fd: RawFd) -> bool {
+    // TCP_CLOSE in the kernel's enum of TCP states (include/net/tcp_states.h), which libc
+    // does not export.
+    const TCP_CLOSE: u8 = 7;
+    tcp_info(fd).is_some_and(|info| info.tcpi_state == TCP_CLOSE)
+}
+
 /// Bytes an application has handed to a TCP socket that TCP has taken so far: acknowledged by
 /// the peer (`tcpi_bytes_acked`) plus still in the send queue (`SIOCOUTQ`). `None` on error.
 /// On an actively opened socket Linux counts its SYN as one byte acknowledged: compare with a

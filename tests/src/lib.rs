@@ -48,12 +48,14 @@ pub use pki::{IssuedFiles, Pki};
 pub use postgres::{as_postgres, pg_bin_dir, running_as_root, PgCluster, PgOptions, PG_PASSWORD};
 pub use process::{
     forward_command, reverse_command, run_replink_expect_failure, start_forward, start_forward_as,
-    start_pair, start_reverse, start_reverse_as, LogLine, PairOptions, ReplinkProcess, ROUTE,
+    start_pair, start_pair_on, start_reverse, start_reverse_as, LogLine, PairOptions,
+    ReplinkProcess, ROUTE,
 };
 pub use redis::{redis_cli, redis_port_args, RedisServer};
 pub use servers::{
-    flags, run_transfer, run_transfer_paced, run_transfer_paused, verify_transfer, ClientReport,
-    EchoServer, ServerRecord, StreamServer, Transfer, DOWN_SALT, HEADER_LEN,
+    ended_with_reset, flags, run_transfer, run_transfer_paced, run_transfer_paused,
+    verify_transfer, ClientReport, EchoServer, ServerRecord, StreamServer, Transfer, DOWN_SALT,
+    HEADER_LEN,
 };
 pub use vm::{run_in_ktls_vm, static_replink_bin, static_vm_peer_bin, VmRun};
 

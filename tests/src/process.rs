@@ -400,6 +400,35 @@ pub fn start_pair(
     (reverse, forward)
 }
 
+/// [`start_pair`] with 2 workers per end, `compression` (`zstd`, `off`) and `io_driver`
+/// (`io-uring`, `epoll`), checking that both ends say they run 2 workers on that driver (a
+/// driver that quietly fell back would test the other one twice).
+pub fn start_pair_on(
+    pki: &Pki,
+    upstream: SocketAddr,
+    compression: &'static str,
+    io_driver: &'static str,
+) -> (ReplinkProcess, ReplinkProcess) {
+    let opts = PairOptions {
+        compression,
+        io_driver,
+        workers: 2,
+        ..PairOptions::default()
+    };
+    let (reverse, forward) = start_pair(pki, upstream, &opts);
+    let driver = io_driver.replace('-', "_");
+    for p in [&reverse, &forward] {
+        assert_eq!(
+            p.count(&format!(r"listening .*workers=2 .*driver={driver}\b")),
+            1,
+            "{} does not run 2 workers on {driver}:\n{}",
+            p.command_line(),
+            p.log()
+        );
+    }
+    (reverse, forward)
+}
+
 /// Runs `replink ARGS`, which must exit non-zero within [`patience`]; returns its status and
 /// stderr. A process that is still running at the deadline (it started) fails the test.
 #[track_caller]

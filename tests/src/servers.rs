@@ -35,6 +35,10 @@ pub mod flags {
     /// and half-closes once it has echoed `up_len` bytes, without waiting for the client's
     /// EOF: for clients that never half-close (`openssl s_client -quiet`).
     pub const ECHO: u8 = 2;
+    /// The server sends the first half of its stream (`down_len / 2` bytes, see
+    /// [`super::Transfer::reset_at`]), then resets the connection (SO_LINGER 0) without
+    /// reading the upload: the client must see a reset, never a clean EOF.
+    pub const RESET: u8 = 4;
 }
 
 /// One transfer: what the client sends and expects.
@@ -68,6 +72,22 @@ impl Transfer {
     pub fn echo(mut self) -> Transfer {
         self.flags |= flags::ECHO;
         self
+    }
+
+    /// The server resets the connection part way (see [`flags::RESET`]).
+    pub fn reset(mut self) -> Transfer {
+        self.flags |= flags::RESET;
+        self
+    }
+
+    pub fn is_reset(&self) -> bool {
+        self.flags & flags::RESET != 0
+    }
+
+    /// With [`flags::RESET`]: how many downstream bytes the server writes before its reset
+    /// (the client may get fewer: the reset drops what is still queued).
+    pub fn reset_at(&self) -> u64 {
+        self.down / 2
     }
 
     pub fn is_compressible(&self) -> bool {
@@ -240,7 +260,18 @@ impl StreamServer {
         }
     }
 
-    /// How many connections have finished (with a readable header).
+    /// Drops the record for `seed` (a long run checks each record once and forgets it, so
+    /// the map stays small).
+    pub fn forget(&self, seed: u64) {
+        self.records
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seed);
+    }
+
+    /// How many connections have finished (with a readable header), not counting forgotten
+    /// records.
     pub fn finished(&self) -> usize {
         self.records.0.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -255,6 +286,9 @@ fn serve_stream(mut conn: TcpStream, records: Records) {
         return;
     }
     let t = Transfer::parse(&header);
+    if t.is_reset() {
+        return serve_reset(conn, t, records);
+    }
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -329,10 +363,46 @@ fn serve_stream(mut conn: TcpStream, records: Records) {
         sent,
         write_error,
     };
-    let (lock, cv) = &*records;
+    file_record(&records, t.seed, record);
+}
+
+/// [`flags::RESET`]: half the downstream in random-size writes, then an RST.
+fn serve_reset(mut conn: TcpStream, t: Transfer, records: Records) {
+    let mut rng = StdRng::seed_from_u64(t.seed ^ 0x5e4d);
+    let mut g = Gen::new(t.seed ^ DOWN_SALT, t.is_compressible());
+    let mut buf = vec![0u8; MAX_CHUNK];
+    let mut sent = 0u64;
+    let mut write_error = None;
+    while sent < t.reset_at() {
+        let n = (chunk_len(&mut rng, MAX_CHUNK) as u64).min(t.reset_at() - sent) as usize;
+        g.fill(&mut buf[..n]);
+        if let Err(e) = conn.write_all(&buf[..n]) {
+            write_error = Some(format!("after {sent} bytes: {e}"));
+            break;
+        }
+        sent += n as u64;
+    }
+    if let Err(e) = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)) {
+        write_error = Some(format!("SO_LINGER 0: {e}"));
+    }
+    drop(conn);
+    let record = ServerRecord {
+        received: 0,
+        sha256: Sha256::new().finalize().into(),
+        first_mismatch: None,
+        eof_after: false,
+        read_error: None,
+        sent,
+        write_error,
+    };
+    file_record(&records, t.seed, record);
+}
+
+fn file_record(records: &Records, seed: u64, record: ServerRecord) {
+    let (lock, cv) = &**records;
     lock.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(t.seed, record);
+        .insert(seed, record);
     cv.notify_all();
 }
 
@@ -524,6 +594,25 @@ impl Expected {
         self.gen.fill(&mut scratch[..n]);
         self.hash.update(&scratch[..n]);
         self.left -= n as u64;
+    }
+}
+
+/// Whether a socket read by one thread and written by another ended with a reset, from the
+/// two threads' errors (`read_error` `None` meaning EOF); else what was seen instead. The
+/// kernel reports a reset once, to whichever call comes first; the other then sees EOF (a
+/// read) or EPIPE (a write). ECONNRESET on either proves a reset that no FIN preceded (after
+/// a FIN the kernel reports a reset as EPIPE): so a read's EOF with a write's ECONNRESET is a
+/// reset, and a read's EOF with a write's EPIPE is a clean end of stream, then a reset.
+pub fn ended_with_reset(
+    read_error: &Option<String>,
+    write_error: &Option<String>,
+) -> Result<(), String> {
+    let reset = |e: &String| e.contains("os error 104");
+    match (read_error, write_error) {
+        (Some(e), _) if reset(e) => Ok(()),
+        (None, Some(w)) if reset(w) => Ok(()),
+        (Some(e), _) => Err(format!("read failed, not with a reset: {e}")),
+        (None, w) => Err(format!("clean EOF, then writes saw {w:?}")),
     }
 }
 

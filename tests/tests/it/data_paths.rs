@@ -54,23 +54,7 @@ fn data_paths(
     let started = Instant::now();
     let pki = Pki::new();
     let server = StreamServer::start();
-    let opts = PairOptions {
-        compression,
-        io_driver,
-        workers: 2,
-        ..PairOptions::default()
-    };
-    let (mut reverse, mut forward) = start_pair(&pki, server.addr(), &opts);
-    let driver = io_driver.replace('-', "_");
-    for p in [&reverse, &forward] {
-        assert_eq!(
-            p.count(&format!(r"listening .*workers=2 .*driver={driver}\b")),
-            1,
-            "{} does not run 2 workers on {driver}:\n{}",
-            p.command_line(),
-            p.log()
-        );
-    }
+    let (mut reverse, mut forward) = start_pair_on(&pki, server.addr(), compression, io_driver);
 
     let plan = transfers(tag, big_compressible);
     let handles: Vec<_> = plan

@@ -57,6 +57,11 @@
 //! - `shutdown`: SIGTERM mid-transfer: new connections refused, the transfer finishes exact, exit
 //!   0 with `drained`; `--shutdown-timeout 1s` with a stalled connection exits on time and the
 //!   cut transfer does not pass as complete.
+//! - `soak`: four pairs (zstd/off × io_uring/epoll) under ~100 concurrent connections for
+//!   `REPLINK_SOAK_SECONDS` (default 120; `scripts/soak.sh 4h` for hours): random sizes and
+//!   writes, half-closes, one in ten reset by the client or the upstream; clean ones byte-exact,
+//!   resets seen as resets, every connection in both ends' logs, RSS and fds flat, fds back to
+//!   the baseline after the load.
 //! - `upstream_down`: a route to a closed port closes the client at once and is logged;
 //!   other connections carry on.
 //!
@@ -84,5 +89,6 @@ mod replication;
 mod resets;
 mod revocation;
 mod shutdown;
+mod soak;
 mod upstream_down;
 mod wildcard_and_combined_pem;

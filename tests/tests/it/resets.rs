@@ -5,6 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
+use rand::{rngs::StdRng, Rng, SeedableRng};
 use replink_tests::*;
 
 /// The client resets half way through its upload: the upstream sees a reset (a read error),
@@ -104,4 +105,71 @@ fn upstream_reset_reaches_the_client_as_a_reset() {
     unrelated.finish(&server);
     reverse.assert_running();
     forward.assert_running();
+}
+
+/// Regression (found by the soak test): the upstream resets while replink is still writing the
+/// client's upload to it. The kernel reports a reset once: when that write takes it, the read
+/// of the same socket gets 0 instead, which replink took for the upstream's clean end of
+/// stream and passed on as close_notify, so the client saw a clean EOF after a short count and
+/// the forward end logged `reason=done`. Each connection here must end as a reset at the
+/// client, and neither end may log it as done.
+#[test]
+fn reset_taken_by_a_write_is_not_a_clean_eof() {
+    let pki = Pki::new();
+    let server = StreamServer::start();
+    for io_driver in ["io-uring", "epoll"] {
+        let (mut reverse, mut forward) = start_pair_on(&pki, server.addr(), "off", io_driver);
+        // The race needs replink's write to the upstream in flight when the reset comes, and
+        // its read of the same socket to run after it: many small connections, 16 at a time,
+        // uploads from nothing to 1 MiB (which the upstream never reads).
+        const CONNS: u64 = 160;
+        let mut rng = StdRng::seed_from_u64(run_seed() ^ 0x7a4e);
+        let plan: Vec<Transfer> = (0..CONNS)
+            .map(|i| {
+                let up = rng.gen_range(0..1u64 << 20);
+                let down = rng.gen_range(0..64u64 << 10);
+                Transfer::new(run_seed() ^ (0x7a4e << 16) ^ i, up, down).reset()
+            })
+            .collect();
+        for batch in plan.chunks(16) {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&t| {
+                    let addr = forward.addr();
+                    std::thread::spawn(move || run_transfer(addr, t))
+                })
+                .collect();
+            for h in handles {
+                let r = h.join().expect("transfer thread");
+                let t = r.transfer;
+                if let Err(e) = ended_with_reset(&r.read_error, &r.write_error) {
+                    panic!(
+                        "[{io_driver}] seed {} (up {} B): the client got {e} after {} of {} \
+                         bytes, not a reset (REPLINK_TEST_SEED={})",
+                        t.seed,
+                        t.up,
+                        r.received,
+                        t.reset_at(),
+                        run_seed()
+                    );
+                }
+                assert!(
+                    r.received <= t.reset_at() && r.first_mismatch.is_none(),
+                    "{r:?}"
+                );
+            }
+        }
+        for p in [&forward, &reverse] {
+            p.wait_count(r"\bclosed\b", CONNS as usize);
+            assert_eq!(
+                p.count(r#"\bclosed\b.*reason="?done"#),
+                0,
+                "[{io_driver}] a reset logged as a clean close by `{}`:\n{}",
+                p.command_line(),
+                p.log()
+            );
+        }
+        reverse.assert_running();
+        forward.assert_running();
+    }
 }
