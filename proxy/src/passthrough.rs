@@ -111,6 +111,8 @@ pub async fn relay(
         Ok(_) => {
             let aborted = Cell::new(false);
             let moved_here = Cell::new(0u64);
+            // Whether our FIN went out on the client's socket, and on the upstream's.
+            let fins = (Cell::new(false), Cell::new(false));
             let up = pump(
                 &mut client_rd,
                 &mut up_wr,
@@ -122,7 +124,12 @@ pub async fn relay(
                     to_base: up_base,
                 }),
                 (ConnError::Downstream, ConnError::Plain),
-                (&aborted, &moved_here),
+                Flags {
+                    aborted: &aborted,
+                    moved: &moved_here,
+                    from_fin: &fins.0,
+                    to_fin: &fins.1,
+                },
             );
             let down = pump(
                 &mut up_rd,
@@ -135,7 +142,12 @@ pub async fn relay(
                     to_base: client_base,
                 }),
                 (ConnError::Plain, ConnError::Downstream),
-                (&aborted, &moved_here),
+                Flags {
+                    aborted: &aborted,
+                    moved: &moved_here,
+                    from_fin: &fins.1,
+                    to_fin: &fins.0,
+                },
             );
             let moved = || {
                 moved_here.get()
@@ -217,7 +229,12 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     (from_fd, to_fd): (RawFd, RawFd),
     kernel: Option<Moved<'_>>,
     errs: (IoErr, IoErr),
-    (aborted, moved): (&Cell<bool>, &Cell<u64>),
+    Flags {
+        aborted,
+        moved,
+        from_fin,
+        to_fin,
+    }: Flags<'_>,
 ) -> (Result<(), ConnError>, u64) {
     let (read_err, write_err) = errs;
     let mut copied = 0u64;
@@ -229,7 +246,17 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         match res {
             // A socket in the sockhash reports a reset as end of stream (tcp_bpf's recvmsg
             // checks "done" before the socket error): the error is still pending there.
-            Ok(0) => break pending_error(from_fd).map(read_err),
+            Ok(0) => {
+                break pending_error(from_fd)
+                    .or_else(|| {
+                        // The kernel reports a reset once: when the other direction's write
+                        // took it, this read gets 0. Without our FIN on `from` it cannot have
+                        // closed cleanly (as in the relay's seal pump).
+                        (!from_fin.get() && sys::tcp_closed(from_fd))
+                            .then(|| std::io::ErrorKind::ConnectionReset.into())
+                    })
+                    .map(read_err);
+            }
             Ok(n) => {
                 let (res, b) = to.write_all(buf).await;
                 buf = b;
@@ -278,8 +305,20 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             return (Err(ConnError::Timeout("passthrough flush")), copied);
         }
     }
+    // Before the shutdown: once our FIN may be out, `TCP_CLOSE` on `to` is no sign of a reset.
+    to_fin.set(true);
     let res = to.shutdown().await;
     (res.map_err(write_err), copied)
+}
+
+/// What the two directions share: a failure (so the other stops without a FIN), the bytes
+/// moved (for the idle watchdog), and whether our FIN went out on each socket.
+struct Flags<'a> {
+    aborted: &'a Cell<bool>,
+    moved: &'a Cell<u64>,
+    /// Our FIN went out on `from` (the other direction ended cleanly).
+    from_fin: &'a Cell<bool>,
+    to_fin: &'a Cell<bool>,
 }
 
 /// Which socket an I/O error belongs to: `ConnError::Downstream` (the client's) or `Plain`.

@@ -438,3 +438,78 @@ fn fin_does_not_overtake_the_last_byte_on_the_kernel_path() {
         reverse.wait_count(r#"closed.*reason="?done"#, conns);
     }
 }
+
+/// Regression (the relay's soak finding, on passthrough): an upstream that resets while
+/// replink is still writing the client's upload to it. The kernel reports the reset once; when
+/// the write takes it, the read of the same socket gets 0, which must not go on to the client
+/// as a clean end of stream. Every client here must see a reset (on its read, or on its write
+/// after an end of stream that a reset then follows). This test did not hit the race on the
+/// code before the fix (3 runs), so it guards the outcome rather than reproducing the bug.
+/// Userspace path only: on the kernel path, with the other tests running alongside, about 1
+/// run in 4 left a client with neither a reset nor an end within the patience (not fixed; see
+/// the stop's closing note).
+#[test]
+fn upstream_reset_taken_by_a_write_is_not_a_clean_eof() {
+    let pki = Pki::new();
+    let hello = hello();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let upstream_addr = listener.local_addr().expect("upstream addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    {
+        let bpf = false;
+        let reverse = reverse_with(&pki, upstream_addr, bpf);
+        let conns = 96;
+        for batch in 0..conns / 16 {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let (addr, hello) = (reverse.addr(), hello.clone());
+                    let up = bytes((batch * 16 + i) as u64, 1 << 20);
+                    std::thread::spawn(move || {
+                        let mut client = TcpStream::connect(addr).expect("connect");
+                        client.set_read_timeout(Some(patience())).expect("timeout");
+                        let mut writer = client.try_clone().expect("clone");
+                        let w = std::thread::spawn(move || {
+                            writer
+                                .write_all(&hello)
+                                .and_then(|()| writer.write_all(&up))
+                                .err()
+                                .map(|e| format!("{e} ({:?})", e.raw_os_error()))
+                        });
+                        let mut sink = Vec::new();
+                        let read_error = client
+                            .read_to_end(&mut sink)
+                            .err()
+                            .map(|e| format!("{e} ({:?})", e.raw_os_error()));
+                        let write_error = w.join().expect("writer");
+                        (read_error, write_error)
+                    })
+                })
+                .collect();
+            for h in handles {
+                let (read_error, write_error) = h.join().expect("client");
+                // ended_with_reset looks for "os error 104" (ECONNRESET).
+                let as_os =
+                    |e: Option<String>| e.map(|e| e.replace("(Some(104))", "(os error 104)"));
+                if let Err(e) = ended_with_reset(&as_os(read_error), &as_os(write_error)) {
+                    panic!("a client of a reset upstream got {e}, not a reset (bpf {bpf})");
+                }
+            }
+        }
+        reverse.wait_count(r"\bclosed\b", conns);
+        assert_eq!(
+            reverse.count(r#"\bclosed\b.*reason="?done"#),
+            0,
+            "a reset logged as done (bpf {bpf}):\n{}",
+            reverse.log()
+        );
+    }
+}
