@@ -26,7 +26,7 @@ use toml::Spanned;
 
 use crate::config::{
     parse_duration, parse_size, BpfClassifier, Cipher, Compression, ForwardTarget, IoDriver, Ktls,
-    ListenerConfig, Mode, Route, RouteKind, Target, TlsFiles,
+    ListenerConfig, Mode, Route, RouteKind, SessionResumption, Target, TlsFiles,
 };
 
 /// SIGTERM's wait for connections to end, unless set.
@@ -167,10 +167,11 @@ const LISTENER_KEYS: &[&str] = &[
     "target",
     "sni",
     "server_name",
+    "session_resumption",
 ];
 const ROUTE_KEYS: &[&str] = &["sni", "target", "kind", "allow"];
 const REVERSE_ONLY: &[&str] = &["route", "bpf_classifier"];
-const FORWARD_ONLY: &[&str] = &["target", "sni", "server_name"];
+const FORWARD_ONLY: &[&str] = &["target", "sni", "server_name", "session_resumption"];
 
 impl Cx<'_> {
     fn error(&mut self, span: Range<usize>, key: &str, reason: impl Into<String>) {
@@ -339,6 +340,7 @@ impl Cx<'_> {
             let target = self.target(t, span.clone(), path);
             let sni = self.required::<String>(t, span.clone(), path, "sni");
             let server_name = self.parsed::<String>(t, path, "server_name");
+            let resumption = self.parsed::<SessionResumption>(t, path, "session_resumption");
             let (Some(target), Some(sni)) = (target, sni) else {
                 return None;
             };
@@ -346,6 +348,7 @@ impl Cx<'_> {
                 target,
                 sni,
                 server_name,
+                resumption: resumption.unwrap_or_default(),
             })
         };
         let (Some(listen), Some(cert), Some(ca)) = (listen, cert, ca) else {
@@ -634,6 +637,7 @@ pub fn render(config: &ServiceConfig) -> String {
             if let Some(name) = &f.server_name {
                 let _ = writeln!(out, "server_name = {}", quote(name));
             }
+            let _ = writeln!(out, "session_resumption = \"{}\"", f.resumption.as_str());
         }
         let path = |p: &Path| quote(&p.display().to_string());
         let _ = writeln!(out, "cert = {}", path(&c.tls.cert));
