@@ -309,12 +309,17 @@ impl Cx<'_> {
             }
         };
         let level = self.integer(t, path, "zstd_level").unwrap_or(1);
-        if !(-7..=22).contains(&level) || level == 0 {
+        // The library's range, as for --zstd-level (ListenerConfig::validate).
+        let (min, max) = (
+            i64::from(zstd_safe::min_c_level()),
+            i64::from(zstd_safe::max_c_level()),
+        );
+        if !(min..=max).contains(&level) || level == 0 {
             if let Some(v) = t.get("zstd_level") {
                 self.error(
                     v.span(),
                     &join(path, "zstd_level"),
-                    "expected 1..=22 or -7..=-1",
+                    format!("expected 1..={max} or {min}..=-1"),
                 );
             }
         }

@@ -262,7 +262,13 @@ fn print_config_output_runs() {
     );
     let listen = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
     args[listen] = format!("127.0.0.1:{port}");
-    args.extend(strings(&["--idle-timeout", "90s", "--print-config"]));
+    // A fast level below -7: the file accepts every level the flag does (zstd's own range).
+    args.extend(strings(&[
+        "--idle-timeout",
+        "90s",
+        "--zstd-level=-1000",
+        "--print-config",
+    ]));
     let out = run_cmd(
         s(replink_bin()),
         &args,
@@ -272,6 +278,7 @@ fn print_config_output_runs() {
     assert!(out.success(), "{}", out.text());
     let printed = out.stdout_text();
     assert!(printed.contains("idle_timeout = \"90s\""), "{printed}");
+    assert!(printed.contains("zstd_level = -1000"), "{printed}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("printed.toml");
     std::fs::write(&file, &printed).unwrap();
