@@ -528,7 +528,7 @@ fn ping(b: &mut Bench, redis: SocketAddr) -> Result<()> {
         "\n== redis PING through each tunnel (redis-benchmark, PING_MBULK), median of {}",
         b.args.repeat
     );
-    let n_ping = if b.args.quick { 5_000 } else { 20_000 };
+    let n_ping = if b.args.quick { 5_000 } else { 10_000 };
     let pairs: Vec<_> = b
         .tunnels
         .iter()

@@ -85,7 +85,8 @@ impl Report {
         out
     }
 
-    /// Every figure, one column per tunnel; then replink/peer for every figure that a peer has.
+    /// Every figure, one column per tunnel; then replink/peer for every figure that a peer has
+    /// (not for shares and wire/plain ratios, which are read as they are).
     pub fn print_tables(&self, tunnels: &[Kind]) {
         let names: Vec<String> = tunnels.iter().map(Kind::name).collect();
         println!("\n== all figures (n/a: see the line above for why)");
@@ -116,8 +117,8 @@ impl Report {
             let _ = write!(head, " {:>9}", p.name());
         }
         println!("{head}");
-        for (figure, _) in self.figures() {
-            if PEERS.iter().all(|p| self.get(&figure, &p.name()).is_none()) {
+        for (figure, unit) in self.figures() {
+            if unit == "ratio" || PEERS.iter().all(|p| self.get(&figure, &p.name()).is_none()) {
                 continue;
             }
             for k in tunnels.iter().filter(|k| k.is_replink()) {
@@ -175,7 +176,11 @@ impl Report {
         }
         out.push_str("],\"ratios\":[");
         let mut first = true;
-        for r in self.rows.iter().filter(|r| r.tunnel.starts_with("replink")) {
+        for r in self
+            .rows
+            .iter()
+            .filter(|r| r.tunnel.starts_with("replink") && r.unit != "ratio")
+        {
             for p in PEERS {
                 if let (Some(v), Some(h)) = (r.value, self.get(&r.figure, &p.name())) {
                     let _ = write!(
