@@ -133,6 +133,22 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line[start..].split_whitespace().next()
 }
 
+/// The last lines of both ends' logs that are not routine, for an error message.
+fn log_tails(pair: &Pair) -> String {
+    let tail = |text: String| {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(" INFO ") && !l.contains("LOG5"))
+            .collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    };
+    format!(
+        "forward log:\n{}\nreverse log:\n{}",
+        tail(pair.forward.log_text()),
+        tail(pair.reverse.log_text())
+    )
+}
+
 /// The machine: cores, CPU model, memory, kernel.
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -683,7 +699,8 @@ fn idle(b: &mut Bench) -> Result<()> {
             .iter()
             .map(|p| measure::pss_tree_kib(*p))
             .collect::<Result<_>>()?;
-        let conns = load::open_idle(pair.listen, &holder, b.args.idle)?;
+        let conns = load::open_idle(pair.listen, &holder, b.args.idle)
+            .with_context(|| format!("{}: {}", k.name(), log_tails(&pair)))?;
         // replink ends zstd frames and releases buffers after 0.5 s of quiet.
         std::thread::sleep(Duration::from_millis(2500));
         let after: Vec<u64> = pair
