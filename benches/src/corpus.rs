@@ -1,6 +1,7 @@
-//! The bulk payload: WAL captured from a real `pgbench -T` run when PostgreSQL is installed
-//! (bulk COPY from `pgbench -i` alone is unrealistically compressible), else the demo's
-//! synthetic WAL-like sample. Cached under target/bench-corpus/.
+//! The bulk payloads, generated here and cached under target/bench-corpus/: WAL captured from
+//! a real `pgbench -T` run when PostgreSQL is installed (bulk COPY from `pgbench -i` alone is
+//! unrealistically compressible), else the demo's synthetic WAL-like sample; and a Redis RDB
+//! snapshot of a populated `redis-server` (`redis.rdb`, which the criterion benches read too).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -203,6 +204,123 @@ pub fn load(workspace: &Path, replink: &Path) -> Result<Corpus> {
     })
 }
 
+/// The RDB corpus: `target/bench-corpus/redis.rdb`, made once by `capture_rdb`.
+pub fn load_rdb(workspace: &Path) -> Result<Corpus> {
+    let cached = workspace.join("target/bench-corpus/redis.rdb");
+    if let Ok(bytes) = std::fs::read(&cached) {
+        if bytes.len() > 4 << 20 {
+            return Ok(Corpus {
+                bytes,
+                source: "Redis RDB (cached)".into(),
+            });
+        }
+    }
+    eprintln!("capturing a Redis RDB (a few seconds, once)...");
+    let bytes = capture_rdb()?;
+    std::fs::create_dir_all(workspace.join("target/bench-corpus"))?;
+    std::fs::write(&cached, &bytes)?;
+    Ok(Corpus {
+        bytes,
+        source: "Redis RDB".into(),
+    })
+}
+
+/// A mix of Redis types as a cache and a session store hold them, as RESP commands for
+/// `redis-cli --pipe`: user hashes, session strings (JSON with random tokens), sets, lists,
+/// a sorted set. Deterministic (a fixed xorshift seed).
+fn redis_commands(users: u64) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    const COUNTRIES: [&str; 8] = ["DE", "FR", "US", "BR", "JP", "IN", "NG", "SE"];
+    const PLANS: [&str; 3] = ["free", "pro", "enterprise"];
+    let mut out = Vec::new();
+    let mut cmd = |args: &[&str]| {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    };
+    for i in 0..users {
+        let (r1, r2, r3) = (rnd(), rnd(), rnd());
+        let key = format!("user:{i}");
+        let age = (18 + r1 % 60).to_string();
+        let created = (1_600_000_000 + r1 % 100_000_000).to_string();
+        let score = format!("{:.2}", (r2 % 100_000) as f64 / 100.0);
+        cmd(&[
+            "HSET",
+            &key,
+            "name",
+            &format!("user{i}"),
+            "email",
+            &format!("user{i}@example{}.com", r1 % 97),
+            "age",
+            &age,
+            "country",
+            COUNTRIES[(r2 % 8) as usize],
+            "plan",
+            PLANS[(r3 % 3) as usize],
+            "created",
+            &created,
+            "score",
+            &score,
+        ]);
+        let session = format!(
+            "{{\"user\":{i},\"token\":\"{r1:016x}{r2:016x}\",\"ip\":\"10.{}.{}.{}\",\"ua\":\"Mozilla/5.0 (X11; Linux x86_64)\",\"expires\":{}}}",
+            r3 % 256,
+            (r3 >> 8) % 256,
+            (r3 >> 16) % 256,
+            1_700_000_000 + r2 % 1_000_000
+        );
+        cmd(&["SET", &format!("session:{r1:012x}"), &session]);
+        cmd(&["SADD", &format!("tags:{}", r2 % 2000), &key]);
+        cmd(&[
+            "RPUSH",
+            &format!("events:{}", r3 % 1000),
+            &format!("{created}|login|{key}|{}", r1 % 65536),
+        ]);
+        cmd(&["ZADD", "leaderboard", &score, &key]);
+    }
+    out
+}
+
+/// Starts a `redis-server` in a temporary directory, fills it (`redis_commands` plus
+/// `DEBUG POPULATE` for plain cache strings), `SAVE`s, and returns the RDB file's bytes.
+fn capture_rdb() -> Result<Vec<u8>> {
+    let redis = crate::load::redis()?;
+    let port = redis.1.port().to_string();
+    let mut pipe = Command::new("redis-cli")
+        .args(["-p", &port, "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("running redis-cli (Debian package redis-tools)")?;
+    {
+        use std::io::Write;
+        let mut stdin = pipe.stdin.take().context("redis-cli stdin")?;
+        stdin.write_all(&redis_commands(150_000))?;
+    }
+    if !pipe.wait()?.success() {
+        bail!("redis-cli --pipe failed");
+    }
+    let cli = |args: &[&str]| -> Result<()> {
+        let mut a = vec!["-p", port.as_str()];
+        a.extend_from_slice(args);
+        sh(Path::new("redis-cli"), &a)
+    };
+    cli(&["DEBUG", "POPULATE", "100000", "cache", "64"])?;
+    cli(&["SAVE"])?;
+    let bytes = std::fs::read(redis.2.path().join("dump.rdb")).context("reading dump.rdb")?;
+    if bytes.len() < 4 << 20 {
+        bail!("the RDB is only {} bytes", bytes.len());
+    }
+    Ok(bytes)
+}
+
 /// zstd's own cost on the corpus at `level` (compress + decompress, CPU-s per GiB, from
 /// `zstd -b`), and its compressed size.
 pub fn zstd_codec(corpus: &[u8], level: i32) -> Result<(f64, u64)> {
@@ -233,41 +351,6 @@ pub fn zstd_codec(corpus: &[u8], level: i32) -> Result<(f64, u64)> {
     let d: f64 = caps[3].parse()?;
     let gib = (1u64 << 30) as f64;
     Ok((gib / (c * 1e6) + gib / (d * 1e6), size))
-}
-
-/// CPU-s/GiB of the zstd CLI streaming the same bytes: `zstd -N | zstd -d` fed `total` bytes of
-/// the corpus through a pipe, timed with the shell's `times` (user+system of both). Unlike
-/// `zstd -b` (speed of one thread, in memory), this counts CPU the way the tunnels' figures do,
-/// so it can sit in the same rotation and see the same noise.
-pub fn zstd_stream_cpu(corpus: &[u8], level: i32, total: u64) -> Result<f64> {
-    let lvl = if level < 0 {
-        format!("--fast={}", -level)
-    } else {
-        format!("-{level}")
-    };
-    let script = format!("zstd -q -c {lvl} | zstd -q -d -c >/dev/null; times");
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running zstd (Debian package zstd)")?;
-    let mut stdin = child.stdin.take().context("zstd stdin")?;
-    crate::load::write_repeated(&mut stdin, corpus, total)?;
-    drop(stdin);
-    let out = child.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // `times`: the shell's own user/system on line 1, its children's on line 2 ("0m1.23s 0m0.45s").
-    let children = text
-        .lines()
-        .nth(1)
-        .with_context(|| format!("no `times` output: {text}"))?;
-    let re = regex::Regex::new(r"(\d+)m([\d.]+)s").context("regex")?;
-    let secs: f64 = re
-        .captures_iter(children)
-        .filter_map(|c| Some(c[1].parse::<f64>().ok()? * 60.0 + c[2].parse::<f64>().ok()?))
-        .sum();
-    Ok(secs / (total as f64 / (1u64 << 30) as f64))
 }
 
 /// CPU-s/GiB of zstd as replink drives it, in this process: the same library build, level,

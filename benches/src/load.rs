@@ -40,16 +40,103 @@ pub fn write_repeated(w: &mut impl Write, corpus: &[u8], total: u64) -> std::io:
 }
 
 /// Sends `total` bytes (the corpus, repeated) with 256 KiB writes, half-closes, waits for EOF.
-/// Returns the seconds it took.
-pub fn bulk(addr: SocketAddr, corpus: &[u8], total: u64) -> Result<f64> {
-    let start = Instant::now();
+fn upload(addr: SocketAddr, corpus: &[u8], total: u64) -> Result<()> {
     let mut c = TcpStream::connect(addr)?;
     write_repeated(&mut c, corpus, total)?;
     c.shutdown(Shutdown::Write)?;
     let mut rest = [0u8; 64];
     c.set_read_timeout(Some(Duration::from_secs(60)))?;
     while matches!(c.read(&mut rest), Ok(n) if n > 0) {}
+    Ok(())
+}
+
+/// Which way the bulk bytes go.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Direction {
+    /// Client → upstream (into the forward end: what replink compresses on the forward end).
+    Up,
+    /// Upstream → client (the upstream writes, as a primary streaming WAL to a replica).
+    Down,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+}
+
+/// `streams` concurrent connections moving `total` bytes between them (each `total/streams`),
+/// in `dir`. Up goes to a `sink`, down comes from a `source`, whose address `addr` leads to.
+/// Returns the wall-clock seconds until the last one finished.
+pub fn bulk_streams(
+    addr: SocketAddr,
+    corpus: &Arc<Vec<u8>>,
+    total: u64,
+    streams: usize,
+    dir: Direction,
+) -> Result<f64> {
+    let each = total / streams as u64;
+    let start = Instant::now();
+    let workers: Vec<_> = (0..streams)
+        .map(|_| {
+            let corpus = corpus.clone();
+            std::thread::spawn(move || match dir {
+                Direction::Up => upload(addr, &corpus, each),
+                Direction::Down => download(addr, each),
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("bulk thread panicked"))??;
+    }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// Asks a `source` for `n` bytes and reads them to the end; fewer or more is an error.
+fn download(addr: SocketAddr, n: u64) -> Result<()> {
+    let mut c = TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+    c.write_all(&n.to_le_bytes())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => got += k as u64,
+            Err(e) => return Err(e).context("reading the download"),
+        }
+    }
+    if got != n {
+        bail!("download: {got} bytes for {n}");
+    }
+    Ok(())
+}
+
+/// An upstream that reads an 8-byte length from each connection, writes that many bytes of
+/// `corpus` (repeated) with 256 KiB writes, and closes.
+pub fn source(corpus: Arc<Vec<u8>>) -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let corpus = corpus.clone();
+            std::thread::spawn(move || {
+                let mut len = [0u8; 8];
+                if c.read_exact(&mut len).is_ok() {
+                    let _ = write_repeated(&mut c, &corpus, u64::from_le_bytes(len));
+                }
+                let _ = c.shutdown(Shutdown::Write);
+                let mut rest = [0u8; 64];
+                while matches!(c.read(&mut rest), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Ok(addr)
 }
 
 /// An upstream that keeps every connection, answers its first message, and counts them.
@@ -112,7 +199,8 @@ pub fn open_idle(listen: SocketAddr, holder: &Holder, n: usize) -> Result<Vec<Tc
     Ok(clients)
 }
 
-pub struct Redis(Child, pub SocketAddr, #[allow(dead_code)] tempfile::TempDir);
+/// A `redis-server` (killed on drop), its address and its directory (where `SAVE` writes).
+pub struct Redis(Child, pub SocketAddr, pub tempfile::TempDir);
 
 impl Drop for Redis {
     fn drop(&mut self) {

@@ -1,6 +1,7 @@
-//! Starting the tunnels under test (replink, HAProxy, nginx stream): two processes each (forward end, reverse end) on loopback,
-//! with the same certificates (ECDSA P-256, TLS 1.3, AES-128-GCM) and one core's worth of
-//! threads per end.
+//! Starting the tunnels under test (replink, HAProxy, nginx stream, stunnel, socat): two
+//! processes each (forward end, reverse end) on loopback, with the same certificates (ECDSA
+//! P-256, TLS 1.3, AES-128-GCM) and one core's worth of threads per end (socat forks a process
+//! per connection; its children are counted with it, see `measure`).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,12 @@ pub enum Kind {
     Replink { zstd: Option<i32> },
     Haproxy,
     Nginx,
+    Stunnel,
+    Socat,
 }
+
+/// The peers, in the order the report's columns follow.
+pub const PEERS: [Kind; 4] = [Kind::Haproxy, Kind::Nginx, Kind::Stunnel, Kind::Socat];
 
 impl Kind {
     pub fn name(&self) -> String {
@@ -26,7 +32,19 @@ impl Kind {
             Kind::Replink { zstd: Some(l) } => format!("replink-zstd{l}"),
             Kind::Haproxy => "haproxy".into(),
             Kind::Nginx => "nginx".into(),
+            Kind::Stunnel => "stunnel".into(),
+            Kind::Socat => "socat".into(),
         }
+    }
+
+    pub fn is_replink(&self) -> bool {
+        matches!(self, Kind::Replink { .. })
+    }
+
+    /// Whether the forward end can resume TLS sessions at all: socat forks a fresh process,
+    /// with a fresh TLS context, for every connection.
+    pub fn can_resume(&self) -> bool {
+        !matches!(self, Kind::Socat)
     }
 }
 
@@ -54,9 +72,14 @@ impl Drop for Proc {
 }
 
 fn spawn(cmd: &Path, args: &[String], log: PathBuf) -> Result<Proc> {
+    spawn_env(cmd, args, log, &[])
+}
+
+fn spawn_env(cmd: &Path, args: &[String], log: PathBuf, env: &[(&str, &Path)]) -> Result<Proc> {
     let file = std::fs::File::create(&log)?;
     let child = Command::new(cmd)
         .args(args)
+        .envs(env.iter().copied())
         .env("REPLINK_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -117,12 +140,15 @@ pub fn certs(dir: &Path) -> Result<Certs> {
     })
 }
 
+/// Starts a pair of `kind` in front of `upstream`; `resume`: whether the forward end resumes
+/// TLS sessions (each tunnel's own way of saying so; socat never does).
 pub fn start(
     kind: Kind,
     certs: &Certs,
     replink: &Path,
     upstream: SocketAddr,
     tag: &str,
+    resume: bool,
 ) -> Result<Pair> {
     let rev_port = free_port()?;
     let fwd_port = free_port()?;
@@ -169,6 +195,8 @@ pub fn start(
                 rev_addr.to_string(),
                 "--sni".into(),
                 SNI.into(),
+                "--session-resumption".into(),
+                if resume { "on" } else { "off" }.into(),
             ];
             fwd.extend([
                 "--cert".into(),
@@ -188,8 +216,8 @@ pub fn start(
                 s(&certs.server_combined), s(&p.ca_pem)
             );
             let fwd_cfg = format!(
-                "{global}frontend fe\n  bind {fwd_addr}\n  default_backend be\nbackend be\n  server rev {rev_addr} ssl crt {} ca-file {} verify required verifyhost {SNI} sni str({SNI})\n",
-                s(&certs.client_combined), s(&p.ca_pem)
+                "{global}frontend fe\n  bind {fwd_addr}\n  default_backend be\nbackend be\n  server rev {rev_addr} ssl crt {} ca-file {} verify required verifyhost {SNI} sni str({SNI}){}\n",
+                s(&certs.client_combined), s(&p.ca_pem), if resume { "" } else { " no-ssl-reuse" }
             );
             let rev_path = certs.dir.join(format!("{tag}-reverse.cfg"));
             let fwd_path = certs.dir.join(format!("{tag}-forward.cfg"));
@@ -222,8 +250,8 @@ pub fn start(
                 head("reverse"), s(&p.server_cert), s(&p.server_key), s(&p.ca_pem)
             );
             let fwd_cfg = format!(
-                "{}stream {{\n server {{\n  listen {fwd_addr};\n  proxy_pass {rev_addr};\n  proxy_timeout 1h;\n  proxy_ssl on;\n  proxy_ssl_protocols TLSv1.3;\n  proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;\n  proxy_ssl_certificate {};\n  proxy_ssl_certificate_key {};\n  proxy_ssl_trusted_certificate {};\n  proxy_ssl_verify on;\n  proxy_ssl_name {SNI};\n  proxy_ssl_server_name on;\n  proxy_ssl_session_reuse on;\n }}\n}}\n",
-                head("forward"), s(&p.client_cert), s(&p.client_key), s(&p.ca_pem)
+                "{}stream {{\n server {{\n  listen {fwd_addr};\n  proxy_pass {rev_addr};\n  proxy_timeout 1h;\n  proxy_ssl on;\n  proxy_ssl_protocols TLSv1.3;\n  proxy_ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;\n  proxy_ssl_certificate {};\n  proxy_ssl_certificate_key {};\n  proxy_ssl_trusted_certificate {};\n  proxy_ssl_verify on;\n  proxy_ssl_name {SNI};\n  proxy_ssl_server_name on;\n  proxy_ssl_session_reuse {};\n }}\n}}\n",
+                head("forward"), s(&p.client_cert), s(&p.client_key), s(&p.ca_pem), if resume {"on"} else {"off"}
             );
             let rev_path = certs.dir.join(format!("{tag}-reverse.nginx.conf"));
             let fwd_path = certs.dir.join(format!("{tag}-forward.nginx.conf"));
@@ -250,6 +278,100 @@ pub fn start(
                 nginx,
                 &args(&fwd_path),
                 certs.dir.join(format!("{tag}-forward.log")),
+            )?;
+            (reverse, forward)
+        }
+        Kind::Stunnel => {
+            // One process per end, in the foreground, a thread per connection (its default).
+            let conf = |end: &str, body: String| -> Result<PathBuf> {
+                let path = certs.dir.join(format!("{tag}-{end}.stunnel.conf"));
+                std::fs::write(
+                    &path,
+                    format!(
+                        "foreground = yes\npid =\n[tunnel]\nsslVersion = TLSv1.3\nciphersuites = TLS_AES_128_GCM_SHA256\nverify = 2\nCAfile = {}\n{body}",
+                        s(&p.ca_pem)
+                    ),
+                )?;
+                Ok(path)
+            };
+            let rev = conf(
+                "reverse",
+                format!(
+                    "accept = {rev_addr}\nconnect = {upstream}\ncert = {}\nkey = {}\n",
+                    s(&p.server_cert),
+                    s(&p.server_key)
+                ),
+            )?;
+            let fwd = conf(
+                "forward",
+                format!(
+                    "debug = info\nclient = yes\naccept = {fwd_addr}\nconnect = {rev_addr}\ncert = {}\nkey = {}\nsni = {SNI}\ncheckHost = {SNI}\nsessionResume = {}\n",
+                    s(&p.client_cert),
+                    s(&p.client_key),
+                    if resume { "yes" } else { "no" }
+                ),
+            )?;
+            let stunnel = Path::new("stunnel");
+            let reverse = spawn(
+                stunnel,
+                &[s(&rev)],
+                certs.dir.join(format!("{tag}-reverse.log")),
+            )?;
+            wait_port(rev_addr).with_context(|| reverse.log_text())?;
+            let forward = spawn(
+                stunnel,
+                &[s(&fwd)],
+                certs.dir.join(format!("{tag}-forward.log")),
+            )?;
+            (reverse, forward)
+        }
+        Kind::Socat => {
+            // socat 1.7.4 has no option for TLS 1.3 ciphersuites: OpenSSL's config file pins
+            // it. `-b 131072`: its 8 KiB default buffer costs about twice the CPU.
+            let ossl = certs.dir.join("socat-openssl.cnf");
+            std::fs::write(
+                &ossl,
+                "openssl_conf = conf\n[conf]\nssl_conf = ssl\n[ssl]\nsystem_default = tls\n[tls]\nMinProtocol = TLSv1.3\nCiphersuites = TLS_AES_128_GCM_SHA256\n",
+            )?;
+            let socat = Path::new("socat");
+            let tls = |cert: &Path, key: &Path| {
+                format!(
+                    "cert={},key={},cafile={},verify=1",
+                    s(cert),
+                    s(key),
+                    s(&p.ca_pem)
+                )
+            };
+            let rev_args = vec![
+                "-b".to_string(),
+                "131072".into(),
+                format!(
+                    "OPENSSL-LISTEN:{rev_port},bind=127.0.0.1,reuseaddr,fork,backlog=2048,{}",
+                    tls(&p.server_cert, &p.server_key)
+                ),
+                format!("TCP:{upstream}"),
+            ];
+            let reverse = spawn_env(
+                socat,
+                &rev_args,
+                certs.dir.join(format!("{tag}-reverse.log")),
+                &[("OPENSSL_CONF", &ossl)],
+            )?;
+            wait_port(rev_addr).with_context(|| reverse.log_text())?;
+            let fwd_args = vec![
+                "-b".to_string(),
+                "131072".into(),
+                format!("TCP-LISTEN:{fwd_port},bind=127.0.0.1,reuseaddr,fork,backlog=2048"),
+                format!(
+                    "OPENSSL:{rev_addr},{},snihost={SNI},commonname={SNI}",
+                    tls(&p.client_cert, &p.client_key)
+                ),
+            ];
+            let forward = spawn_env(
+                socat,
+                &fwd_args,
+                certs.dir.join(format!("{tag}-forward.log")),
+                &[("OPENSSL_CONF", &ossl)],
             )?;
             (reverse, forward)
         }

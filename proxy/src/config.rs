@@ -184,6 +184,42 @@ pub struct ForwardTarget {
     pub sni: String,
     /// The name the server certificate must carry, when it differs from the SNI.
     pub server_name: Option<String>,
+    /// Whether to resume TLS 1.3 sessions with the tickets the reverse end issues.
+    pub resumption: SessionResumption,
+}
+
+/// `--session-resumption` (forward end): resume TLS 1.3 sessions with the reverse end's
+/// tickets (a cheap handshake without certificates), or make every connection a full mTLS
+/// handshake (to measure handshakes, or for a policy that wants each connection's certificate
+/// checked afresh).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionResumption {
+    #[default]
+    On,
+    Off,
+}
+
+impl SessionResumption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionResumption::On => "on",
+            SessionResumption::Off => "off",
+        }
+    }
+}
+
+impl FromStr for SessionResumption {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(SessionResumption::On),
+            "off" => Ok(SessionResumption::Off),
+            _ => Err(format!(
+                "unknown --session-resumption {s:?} (expected on or off)"
+            )),
+        }
+    }
 }
 
 /// Per-direction stream compression, negotiated with ALPN `replink-zstd/1`.

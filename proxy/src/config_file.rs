@@ -26,7 +26,7 @@ use toml::Spanned;
 
 use crate::config::{
     parse_duration, parse_size, BpfClassifier, Cipher, Compression, ForwardTarget, IoDriver, Ktls,
-    ListenerConfig, Mode, Route, RouteKind, Target, TlsFiles,
+    ListenerConfig, Mode, Route, RouteKind, SessionResumption, Target, TlsFiles,
 };
 
 /// SIGTERM's wait for connections to end, unless set.
@@ -167,10 +167,11 @@ const LISTENER_KEYS: &[&str] = &[
     "target",
     "sni",
     "server_name",
+    "session_resumption",
 ];
 const ROUTE_KEYS: &[&str] = &["sni", "target", "kind", "allow"];
 const REVERSE_ONLY: &[&str] = &["route", "bpf_classifier"];
-const FORWARD_ONLY: &[&str] = &["target", "sni", "server_name"];
+const FORWARD_ONLY: &[&str] = &["target", "sni", "server_name", "session_resumption"];
 
 impl Cx<'_> {
     fn error(&mut self, span: Range<usize>, key: &str, reason: impl Into<String>) {
@@ -308,12 +309,17 @@ impl Cx<'_> {
             }
         };
         let level = self.integer(t, path, "zstd_level").unwrap_or(1);
-        if !(-7..=22).contains(&level) || level == 0 {
+        // The library's range, as for --zstd-level (ListenerConfig::validate).
+        let (min, max) = (
+            i64::from(zstd_safe::min_c_level()),
+            i64::from(zstd_safe::max_c_level()),
+        );
+        if !(min..=max).contains(&level) || level == 0 {
             if let Some(v) = t.get("zstd_level") {
                 self.error(
                     v.span(),
                     &join(path, "zstd_level"),
-                    "expected 1..=22 or -7..=-1",
+                    format!("expected 1..={max} or {min}..=-1"),
                 );
             }
         }
@@ -339,6 +345,7 @@ impl Cx<'_> {
             let target = self.target(t, span.clone(), path);
             let sni = self.required::<String>(t, span.clone(), path, "sni");
             let server_name = self.parsed::<String>(t, path, "server_name");
+            let resumption = self.parsed::<SessionResumption>(t, path, "session_resumption");
             let (Some(target), Some(sni)) = (target, sni) else {
                 return None;
             };
@@ -346,6 +353,7 @@ impl Cx<'_> {
                 target,
                 sni,
                 server_name,
+                resumption: resumption.unwrap_or_default(),
             })
         };
         let (Some(listen), Some(cert), Some(ca)) = (listen, cert, ca) else {
@@ -634,6 +642,7 @@ pub fn render(config: &ServiceConfig) -> String {
             if let Some(name) = &f.server_name {
                 let _ = writeln!(out, "server_name = {}", quote(name));
             }
+            let _ = writeln!(out, "session_resumption = \"{}\"", f.resumption.as_str());
         }
         let path = |p: &Path| quote(&p.display().to_string());
         let _ = writeln!(out, "cert = {}", path(&c.tls.cert));

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use replink::config::{ForwardTarget, Route, Target, TlsFiles};
+use replink::config::{ForwardTarget, Route, SessionResumption, Target, TlsFiles};
 use replink::{Compression, IoDriver, ListenerConfig, Mode, ProxyHandle};
 use replink_pki::ThrowawayPki;
 use sha2::{Digest, Sha256};
@@ -200,6 +200,7 @@ fn one_pass(
                 target,
                 sni: SNI.into(),
                 server_name: None,
+                resumption: SessionResumption::On,
             }),
             compression,
             true,

@@ -13,7 +13,9 @@ mod status;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use replink::authz::AllowRule;
-use replink::config::{parse_duration, Cipher, ForwardTarget, Route, Target, TlsFiles};
+use replink::config::{
+    parse_duration, Cipher, ForwardTarget, Route, SessionResumption, Target, TlsFiles,
+};
 use replink::config_file::{self, NamedListener, ServiceConfig};
 use replink::{BpfClassifier, Compression, IoDriver, Ktls, ListenerConfig, Mode, ProxyHandle};
 
@@ -92,6 +94,10 @@ enum Command {
         /// Name the server certificate must carry, when it differs from --sni.
         #[arg(long)]
         server_name: Option<String>,
+        /// Resume TLS 1.3 sessions with the reverse end's tickets (on), or make every
+        /// connection a full mTLS handshake (off).
+        #[arg(long, default_value = "on", value_name = "on|off")]
+        session_resumption: SessionResumption,
         #[command(flatten)]
         common: Common,
     },
@@ -589,12 +595,14 @@ fn run() -> anyhow::Result<()> {
             target,
             sni,
             server_name,
+            session_resumption,
             common,
         } => {
             let target = ForwardTarget {
                 target,
                 sni,
                 server_name,
+                resumption: session_resumption,
             };
             quick("forward", common, listen, Mode::Forward(target), |_| {})
         }

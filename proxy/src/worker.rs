@@ -17,7 +17,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::authz::AllowList;
 use crate::bpf::{self, BpfCheck};
-use crate::config::{Compression, IoDriver, ListenerConfig, Mode, RouteKind, Target};
+use crate::config::{
+    Compression, IoDriver, ListenerConfig, Mode, RouteKind, SessionResumption, Target,
+};
 use crate::ktls;
 use crate::tls::{self, ServerConfigs};
 use crate::{Error, Stats};
@@ -144,7 +146,12 @@ fn build_mode(config: &ListenerConfig) -> Result<ModeState, Error> {
                 .map_err(|e| Error::Config(format!("--sni {:?}: {e}", f.sni)))?;
             ModeState::Forward {
                 target: f.target.clone(),
-                tls: tls::client_config(&config.tls, level.is_some(), f.server_name.as_deref())?,
+                tls: tls::client_config(
+                    &config.tls,
+                    level.is_some(),
+                    f.server_name.as_deref(),
+                    f.resumption == SessionResumption::On,
+                )?,
                 server_name,
                 compress: level,
             }

@@ -191,11 +191,13 @@ pub fn server_configs(files: &TlsFiles) -> Result<ServerConfigs, Error> {
 }
 
 /// The client config of a forward listener. `server_name` pins the name checked in the server
-/// certificate when it differs from the SNI (socat's `commonname`).
+/// certificate when it differs from the SNI (socat's `commonname`); without `resume`, no
+/// session is kept, so every connection is a full handshake.
 pub fn client_config(
     files: &TlsFiles,
     offer_zstd: bool,
     server_name: Option<&str>,
+    resume: bool,
 ) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider(&files.ciphers);
     let (roots, crls) = load_trust(files)?;
@@ -226,6 +228,9 @@ pub fn client_config(
         .with_client_auth_cert(certs, key)
         .map_err(|e| file_error(&files.key, format!("key does not match certificate: {e}")))?;
     config.enable_secret_extraction = true;
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     if offer_zstd {
         config.alpn_protocols = vec![ALPN_ZSTD.to_vec()];
     }

@@ -39,6 +39,7 @@ key = "{client_key}"
 ca = "{ca}"
 workers = 1
 rekey_after = "1MiB"
+session_resumption = "on"
 "#,
         server_cert = path(&p.server_cert),
         server_key = path(&p.server_key),
@@ -80,6 +81,7 @@ fn run_serves_every_listener_of_the_file() {
         "handshake_timeout = \"10s\"",
         "connect_timeout = \"2s\"",
         "rekey_after = 1048576",
+        "session_resumption = \"on\"",
         "kind = \"stream\"",
         "allow = [\"cn:replink-demo-client\"]",
     ] {
@@ -140,11 +142,16 @@ fn check_reports_every_error_with_its_line() {
                 "connect_timeout = \"2 fortnights\"",
             )
             .replace("rekey_after = \"1MiB\"", "rekey_after = \"1 MeB\"")
-            .replace("workers = 1\nrekey", "workers = \"one\"\nrekey"),
+            .replace("workers = 1\nrekey", "workers = \"one\"\nrekey")
+            .replace(
+                "session_resumption = \"on\"",
+                "session_resumption = \"yes\"",
+            ),
             vec![
                 "listener[0].connect_timeout: \"2 fortnights\": unknown unit",
                 "listener[1].workers: expected an integer, found string",
                 "listener[1].rekey_after: \"1 MeB\": unknown unit",
+                "listener[1].session_resumption: unknown --session-resumption \"yes\"",
             ],
         ),
         (
@@ -255,7 +262,13 @@ fn print_config_output_runs() {
     );
     let listen = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
     args[listen] = format!("127.0.0.1:{port}");
-    args.extend(strings(&["--idle-timeout", "90s", "--print-config"]));
+    // A fast level below -7: the file accepts every level the flag does (zstd's own range).
+    args.extend(strings(&[
+        "--idle-timeout",
+        "90s",
+        "--zstd-level=-1000",
+        "--print-config",
+    ]));
     let out = run_cmd(
         s(replink_bin()),
         &args,
@@ -265,6 +278,7 @@ fn print_config_output_runs() {
     assert!(out.success(), "{}", out.text());
     let printed = out.stdout_text();
     assert!(printed.contains("idle_timeout = \"90s\""), "{printed}");
+    assert!(printed.contains("zstd_level = -1000"), "{printed}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("printed.toml");
     std::fs::write(&file, &printed).unwrap();

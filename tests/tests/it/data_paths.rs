@@ -189,9 +189,24 @@ fn off_epoll() {
 /// say so in their log lines.
 #[test]
 fn reconnects_resume_the_tls_session() {
+    reconnects(&[], true);
+}
+
+/// With `--session-resumption off` on the forward end, every connection is a full handshake
+/// (the reverse end still issues tickets; the forward end keeps none).
+#[test]
+fn reconnects_without_session_resumption_are_full_handshakes() {
+    reconnects(&["--session-resumption", "off"], false);
+}
+
+fn reconnects(extra_forward: &[&str], resume: bool) {
     let pki = Pki::new();
     let server = StreamServer::start();
-    let (reverse, forward) = start_pair(&pki, server.addr(), &PairOptions::default());
+    let opts = PairOptions {
+        extra_forward: strings(extra_forward),
+        ..PairOptions::default()
+    };
+    let (reverse, forward) = start_pair(&pki, server.addr(), &opts);
     const ROUNDS: usize = 4;
     for i in 0..ROUNDS {
         let t = Transfer::new(run_seed() ^ (0x5e55 + i as u64), 1000, 1000);
@@ -201,7 +216,7 @@ fn reconnects_resume_the_tls_session() {
         reverse.wait_count(r#"closed.*reason="?done"#, i + 1);
     }
     let mut want = vec![Some("false".to_string())];
-    want.extend(std::iter::repeat_n(Some("true".to_string()), ROUNDS - 1));
+    want.extend(std::iter::repeat_n(Some(resume.to_string()), ROUNDS - 1));
     for p in [&forward, &reverse] {
         let got: Vec<Option<String>> = p
             .conn_lines()
