@@ -61,7 +61,7 @@ fn negotiated(cipher: Cipher) -> (String, Sealer, Opener) {
         .unwrap_or_else(|e| panic!("server config: {e}"))
         .with_zstd;
     let client_cfg =
-        replink::tls::client_config(&files(&pki.client_cert, &pki.client_key), true, None)
+        replink::tls::client_config(&files(&pki.client_cert, &pki.client_key), true, None, true)
             .unwrap_or_else(|e| panic!("client config: {e}"));
     let name = ServerName::try_from(SNI).unwrap_or_else(|e| panic!("{e}"));
     let mut client = Connection::from(
