@@ -45,14 +45,10 @@ thread_local! {
 
 // `try_with` throughout: a context dropped while the thread is being torn down is just freed.
 
-fn pooled_cctx() -> Option<CCtx<'static>> {
+/// A context from this core's pool, if it has one; counts as a use of the pools.
+fn pooled<T: 'static>(pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>) -> Option<T> {
     let _ = POOL_TAKEN.try_with(|t| t.set(true));
-    CCTX_POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten()
-}
-
-fn pooled_dctx() -> Option<DCtx<'static>> {
-    let _ = POOL_TAKEN.try_with(|t| t.set(true));
-    DCTX_POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten()
+    pool.try_with(|p| p.borrow_mut().pop()).ok().flatten()
 }
 
 /// Gives a context back to this core's pool, once `reset` cleared its stream and parameters,
@@ -147,7 +143,7 @@ impl ZstdEncoder {
 
     fn context(&mut self) -> Result<&mut CCtx<'static>, CodecError> {
         if self.cctx.is_none() {
-            let mut c = match pooled_cctx() {
+            let mut c = match pooled(&CCTX_POOL) {
                 Some(c) => c,
                 None => CCtx::try_create().ok_or(CodecError::Compress("out of memory"))?,
             };
@@ -289,7 +285,7 @@ impl ZstdDecoder {
                 return Ok(inbuf.pos());
             }
             if self.dctx.is_none() {
-                let mut d = match pooled_dctx() {
+                let mut d = match pooled(&DCTX_POOL) {
                     Some(d) => d,
                     None => DCtx::try_create().ok_or(CodecError::Decompress("out of memory"))?,
                 };

@@ -17,7 +17,6 @@
 //!   FIN never overtakes data still in the kernel's redirect queue.
 //! - **userspace**, otherwise: plain read/write copies both ways.
 //!
-//!
 //! `--idle-timeout` applies here too: a watchdog looks at the bytes moved both ways (written
 //! here, and the classifier's count of what the kernel moved) every quarter of the limit, and
 //! resets both sockets once nothing moved for the whole limit (`reason=idle_timeout`).
@@ -84,8 +83,10 @@ pub async fn relay(
     traffic: &Traffic,
 ) -> (PassPath, Result<(), ConnError>) {
     let fds = (client.as_raw_fd(), upstream.as_raw_fd());
+    // Each socket's `tcp_bytes_taken` before anything is written to it (see `Moved::to_base`).
+    let base = |fd| sys::tcp_bytes_taken(fd).unwrap_or(0);
     let paired = kernel.and_then(|k| match k.check.pair(k.cookie, &upstream, route) {
-        Ok(up) => Some((k.check, k.cookie, up)),
+        Ok(up) => Some((k.check, k.cookie, up, (base(fds.0), base(fds.1)))),
         Err(e) => {
             tracing::warn!(error = %e, "bpf_classifier_error");
             k.check.release(k.cookie);
@@ -101,8 +102,6 @@ pub async fn relay(
     // half shuts the write side down (a FIN), which must not go out after a reset.
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut up_rd, mut up_wr) = upstream.into_split();
-    let base = |fd| sys::tcp_bytes_taken(fd).unwrap_or(0);
-    let (client_base, up_base) = (base(fds.0), base(fds.1));
     // After the pairing: the upstream's answer then goes back in the kernel.
     let hello_len = hello.len() as u64;
     let (res, _) = up_wr.write_all(hello).await;
@@ -118,7 +117,7 @@ pub async fn relay(
                 &mut up_wr,
                 hello_len,
                 fds,
-                paired.map(|(check, c, _)| Moved {
+                paired.map(|(check, c, _, (_, up_base))| Moved {
                     check,
                     from: c,
                     to_base: up_base,
@@ -136,7 +135,7 @@ pub async fn relay(
                 &mut client_wr,
                 0,
                 (fds.1, fds.0),
-                paired.map(|(check, _, u)| Moved {
+                paired.map(|(check, _, u, (client_base, _))| Moved {
                     check,
                     from: u,
                     to_base: client_base,
@@ -151,7 +150,7 @@ pub async fn relay(
             );
             let moved = || {
                 moved_here.get()
-                    + paired.map_or(0, |(check, c, u)| {
+                    + paired.map_or(0, |(check, c, u, _)| {
                         check.paired_bytes(c) + check.paired_bytes(u)
                     })
             };
@@ -179,7 +178,7 @@ pub async fn relay(
             }
         }
     };
-    if let Some((check, client, up)) = paired {
+    if let Some((check, client, up, _)) = paired {
         let (to_up, to_client) = check.unpair(client, up);
         add(&traffic.wire_in, to_up);
         add(&traffic.tls_to_plain, to_up);
@@ -249,10 +248,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             Ok(0) => {
                 break pending_error(from_fd)
                     .or_else(|| {
-                        // The kernel reports a reset once: when the other direction's write
-                        // took it, this read gets 0. Without our FIN on `from` it cannot have
-                        // closed cleanly (as in the relay's seal pump).
-                        (!from_fin.get() && sys::tcp_closed(from_fd))
+                        sys::eof_was_reset(from_fd, from_fin.get())
                             .then(|| std::io::ErrorKind::ConnectionReset.into())
                     })
                     .map(read_err);
@@ -291,15 +287,11 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         // bytes yet (the stream parser runs from a work queue): first wait until every byte
         // `from` received was either read here or moved by the kernel.
         let counted = || already + copied + k.check.paired_bytes(k.from);
-        let want = match all_taken(from_fd, counted).await {
-            Some(want) => want,
-            None => {
-                aborted.set(true);
-                reset_both(from_fd, to_fd);
-                return (Err(ConnError::Timeout("passthrough flush")), copied);
-            }
+        let flushed = match all_taken(from_fd, counted).await {
+            Some(want) => flushed(to_fd, k.to_base + want).await,
+            None => false,
         };
-        if !flushed(to_fd, k.to_base + want).await {
+        if !flushed {
             aborted.set(true);
             reset_both(from_fd, to_fd);
             return (Err(ConnError::Timeout("passthrough flush")), copied);
@@ -336,30 +328,32 @@ fn pending_error(fd: RawFd) -> Option<std::io::Error> {
 /// everything `fd` received before its FIN; returns that count, or `None` past the flush
 /// limit.
 async fn all_taken(fd: RawFd, counted: impl Fn() -> u64) -> Option<u64> {
-    let deadline = Instant::now() + FLUSH_LIMIT;
-    loop {
+    let mut n = 0;
+    let covered = within_flush_limit(|| {
         // The FIN takes a sequence number, and TCP counts it as one byte received.
         let received = sys::tcp_bytes_received(fd)?.saturating_sub(1);
-        let n = counted();
-        if n >= received {
-            return Some(n);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        monoio::time::sleep(Duration::from_millis(1)).await;
-    }
+        n = counted();
+        Some(n >= received)
+    })
+    .await;
+    covered.then_some(n)
 }
 
 /// Waits until the socket has taken `want` bytes in all (see `sys::tcp_bytes_taken`).
 async fn flushed(fd: RawFd, want: u64) -> bool {
+    within_flush_limit(|| sys::tcp_bytes_taken(fd).map(|n| n >= want)).await
+}
+
+/// Polls `done` every millisecond: true once it says so, false when it fails (`None`) or
+/// [`FLUSH_LIMIT`] passes.
+async fn within_flush_limit(mut done: impl FnMut() -> Option<bool>) -> bool {
     let deadline = Instant::now() + FLUSH_LIMIT;
     loop {
-        match sys::tcp_bytes_taken(fd) {
-            Some(n) if n >= want => return true,
+        match done() {
+            Some(true) => return true,
             None => return false,
-            Some(_) if Instant::now() >= deadline => return false,
-            Some(_) => monoio::time::sleep(Duration::from_millis(1)).await,
+            Some(false) if Instant::now() >= deadline => return false,
+            Some(false) => monoio::time::sleep(Duration::from_millis(1)).await,
         }
     }
 }

@@ -696,12 +696,9 @@ impl SealPump<'_> {
             };
             buf = b;
             let n = res.map_err(ConnError::Plain)?;
-            if n == 0 && !self.link.plain_fin.get() && sys::tcp_closed(self.src_fd) {
-                // Not an end of stream: the peer reset the socket. The kernel reports a
-                // socket's reset once, and a write of the other direction took it
-                // (EPIPE/ECONNRESET), so this read got 0. Without our FIN the socket cannot
-                // have closed cleanly; a close_notify now would pass the reset on as a
-                // clean end (found by the soak test).
+            if n == 0 && sys::eof_was_reset(self.src_fd, self.link.plain_fin.get()) {
+                // A close_notify now would pass the reset on as a clean end (found by the
+                // soak test).
                 return Err(ConnError::Plain(std::io::ErrorKind::ConnectionReset.into()));
             }
             if n == 0 {

@@ -263,6 +263,14 @@ pub fn tcp_closed(fd: RawFd) -> bool {
     tcp_info(fd).is_some_and(|info| info.tcpi_state == TCP_CLOSE)
 }
 
+/// Whether a read of 0 from `fd` was a reset rather than the peer's end of stream. The kernel
+/// reports a socket's reset once, to whichever call comes first: when a write took it
+/// (EPIPE/ECONNRESET), the read gets 0. Until our own FIN went out (`our_fin`) the socket
+/// cannot have reached `TCP_CLOSE` cleanly, so `TCP_CLOSE` then means a reset.
+pub fn eof_was_reset(fd: RawFd, our_fin: bool) -> bool {
+    !our_fin && tcp_closed(fd)
+}
+
 /// Bytes an application has handed to a TCP socket that TCP has taken so far: acknowledged by
 /// the peer (`tcpi_bytes_acked`) plus still in the send queue (`SIOCOUTQ`). `None` on error.
 /// On an actively opened socket Linux counts its SYN as one byte acknowledged: compare with a

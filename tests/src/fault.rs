@@ -179,19 +179,26 @@ pub struct ProcStats;
 impl ProcStats {
     /// Resident memory in KiB (`VmRSS`).
     pub fn rss_kib(pid: u32) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+        Self::try_rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
     }
 
     /// Open file descriptors.
     pub fn fds(pid: u32) -> usize {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("fd dir")
-            .count()
+        Self::try_fds(pid).unwrap_or_else(|| panic!("no /proc/{pid}/fd"))
+    }
+
+    /// [`rss_kib`](Self::rss_kib), or `None` once the process is gone.
+    pub fn try_rss_kib(pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// [`fds`](Self::fds), or `None` once the process is gone.
+    pub fn try_fds(pid: u32) -> Option<usize> {
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
     }
 
     /// User + system CPU time.

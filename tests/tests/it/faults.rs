@@ -91,17 +91,37 @@ fn wait_closed(conn: &mut TcpStream, limit: Duration, what: &str) -> Result<usiz
     }
 }
 
-/// The highest RSS growth (KiB over `base`) of `pids` sampled every 50 ms for `span`.
-fn peak_growth(pids: &[u32], base: &[u64], span: Duration) -> Vec<u64> {
-    let mut peak = vec![0u64; pids.len()];
-    let end = Instant::now() + span;
-    while Instant::now() < end {
-        for (i, pid) in pids.iter().enumerate() {
-            peak[i] = peak[i].max(ProcStats::rss_kib(*pid).saturating_sub(base[i]));
+/// Both ends' RSS at one moment, to measure growth against.
+struct RssBaseline {
+    pids: [u32; 2],
+    base: [u64; 2],
+}
+
+impl Rig {
+    /// The reverse and forward end's RSS now.
+    fn rss_baseline(&self) -> RssBaseline {
+        let pids = [self.reverse.pid(), self.forward.pid()];
+        RssBaseline {
+            pids,
+            base: pids.map(ProcStats::rss_kib),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    peak
+}
+
+impl RssBaseline {
+    /// The highest RSS growth (KiB over the baseline) of each end, sampled every 50 ms for
+    /// `span`.
+    fn peak_growth(&self, span: Duration) -> Vec<u64> {
+        let mut peak = vec![0u64; self.pids.len()];
+        let end = Instant::now() + span;
+        while Instant::now() < end {
+            for (i, pid) in self.pids.iter().enumerate() {
+                peak[i] = peak[i].max(ProcStats::rss_kib(*pid).saturating_sub(self.base[i]));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    }
 }
 
 #[track_caller]
@@ -248,13 +268,12 @@ fn client_that_stops_reading_holds_memory_bounded() {
     let r = rig(PairOptions::default(), |_| {});
     let unrelated = Unrelated::start(r.forward.addr(), 0x51);
     std::thread::sleep(Duration::from_millis(500));
-    let pids = [r.reverse.pid(), r.forward.pid()];
-    let base: Vec<u64> = pids.iter().map(|p| ProcStats::rss_kib(*p)).collect();
+    let rss = r.rss_baseline();
     let t = Transfer::new(run_seed() ^ 0x5107, 0, 512 << 20);
     let mut c = TcpStream::connect(r.forward.addr()).expect("connect");
     c.write_all(&t.header()).expect("header");
     c.shutdown(std::net::Shutdown::Write).expect("half-close");
-    let growth = peak_growth(&pids, &base, Duration::from_secs(3));
+    let growth = rss.peak_growth(Duration::from_secs(3));
     assert!(
         r.server.record(t.seed, Duration::ZERO).is_none(),
         "the server sent 512 MiB to a client that does not read"
@@ -289,8 +308,7 @@ fn upstream_that_stops_reading_holds_memory_bounded() {
     });
     let unrelated = Unrelated::start(r.forward.addr(), 0x52);
     std::thread::sleep(Duration::from_millis(500));
-    let pids = [r.reverse.pid(), r.forward.pid()];
-    let base: Vec<u64> = pids.iter().map(|p| ProcStats::rss_kib(*p)).collect();
+    let rss = r.rss_baseline();
     let sent = Arc::new(AtomicU64::new(0));
     let mut c = TcpStream::connect(r.forward.addr()).expect("connect");
     let counter = sent.clone();
@@ -307,7 +325,7 @@ fn upstream_that_stops_reading_holds_memory_bounded() {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).map(|_| ())
     });
-    let growth = peak_growth(&pids, &base, Duration::from_secs(3));
+    let growth = rss.peak_growth(Duration::from_secs(3));
     let stuck_at = sent.load(Ordering::Relaxed);
     assert!(
         stuck_at < UP / 4,
@@ -554,8 +572,7 @@ fn zstd_frame_with_a_huge_window_is_refused() {
     let r = rig(PairOptions::default(), |_| {});
     let unrelated = Unrelated::start(r.forward.addr(), 0x2a);
     std::thread::sleep(Duration::from_millis(500));
-    let pids = [r.reverse.pid(), r.forward.pid()];
-    let base: Vec<u64> = pids.iter().map(|p| ProcStats::rss_kib(*p)).collect();
+    let rss = r.rss_baseline();
     let mut tls = zstd_client(&r);
     let mut frame = zstd_frame_header(31);
     frame.extend(zstd_raw_block(FAULT_MARK, false));
@@ -569,7 +586,7 @@ fn zstd_frame_with_a_huge_window_is_refused() {
     assert!(end.is_err(), "a clean close after a refused frame: {end:?}");
     r.reverse
         .wait_count(r#"closed.*reason="?zstd_error\b.*(?i:memory|window)"#, 1);
-    let growth = peak_growth(&pids, &base, Duration::from_millis(200));
+    let growth = rss.peak_growth(Duration::from_millis(200));
     assert_bounded("huge window", &growth);
     unrelated.finish(&r.server);
 }
@@ -596,8 +613,7 @@ fn zstd_bomb_is_streamed_at_the_upstreams_pace() {
     });
     let unrelated = Unrelated::start(r.forward.addr(), 0xb0);
     std::thread::sleep(Duration::from_millis(500));
-    let pids = [r.reverse.pid(), r.forward.pid()];
-    let base: Vec<u64> = pids.iter().map(|p| ProcStats::rss_kib(*p)).collect();
+    let rss = r.rss_baseline();
     let mut tls = zstd_client(&r);
     let mut bomb = zstd_frame_header(17);
     bomb.extend(zstd_raw_block(FAULT_MARK, false));
@@ -608,7 +624,7 @@ fn zstd_bomb_is_streamed_at_the_upstreams_pace() {
     tls.write_all(&bomb).expect("send the bomb");
     tls.conn.send_close_notify();
     tls.flush().expect("flush");
-    let growth = peak_growth(&pids, &base, Duration::from_secs(2));
+    let growth = rss.peak_growth(Duration::from_secs(2));
     assert_bounded("decompression bomb", &growth);
     go_tx.send(()).expect("upstream waits");
     let (end, others) = rx.recv_timeout(patience() * 2).expect("upstream's end");

@@ -489,14 +489,8 @@ struct Series {
     baseline_fds: u64,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn fd_count(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+    ProcStats::try_fds(pid).map(|n| n as u64)
 }
 
 /// `values` cut into at most `buckets` runs, each shown by its maximum: a compact trend.
@@ -568,7 +562,7 @@ fn soak() {
             while sampling.load(Ordering::Relaxed) {
                 let at = started.elapsed().as_secs_f64();
                 for (pid, v) in pids.iter().zip(&mut out) {
-                    if let (Some(rss), Some(fds)) = (rss_kib(*pid), fd_count(*pid)) {
+                    if let (Some(rss), Some(fds)) = (ProcStats::try_rss_kib(*pid), fd_count(*pid)) {
                         v.push((at, rss, fds));
                     }
                 }
